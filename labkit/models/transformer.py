@@ -1,0 +1,83 @@
+"""A small GPT-style decoder-only Transformer: pre-norm blocks of causal attention and an MLP."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from labkit.models.layers import STANDARD_OPS, Embedding, LayerNorm, Linear, Ops
+
+# Relative weight of each residual branch; only unit-scaled ops use it (Graphcore's unit_scale() defaults).
+ATTENTION_TAU = 0.01
+MLP_TAU = 0.5
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, width: int, heads: int, ops: Ops) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = Linear(width, 3 * width, op=ops.linear)
+        self.proj = Linear(width, width, op=ops.linear)
+        self.attention = ops.attention
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, seq, width = x.shape
+        q, k, v = self.qkv(x).split(width, dim=2)
+        q, k, v = (t.view(batch, seq, self.heads, width // self.heads).transpose(1, 2) for t in (q, k, v))
+        y = self.attention(q, k, v).transpose(1, 2).reshape(batch, seq, width)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, ops: Ops) -> None:
+        super().__init__()
+        self.fc = Linear(width, 4 * width, op=ops.linear)
+        self.proj = Linear(4 * width, width, op=ops.linear)
+        self.gelu = ops.gelu
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    """x + attention(norm(x)), then x + mlp(norm(x)), each residual through the ops' split/add."""
+
+    def __init__(self, width: int, heads: int, ops: Ops) -> None:
+        super().__init__()
+        self.ln1 = LayerNorm(width, op=ops.layer_norm)
+        self.attn = CausalSelfAttention(width, heads, ops)
+        self.ln2 = LayerNorm(width, op=ops.layer_norm)
+        self.mlp = MLP(width, ops)
+        self.split, self.add = ops.residual_split, ops.residual_add
+
+    def forward(self, x: Tensor) -> Tensor:
+        branch, skip = self.split(x, ATTENTION_TAU)
+        x = self.add(self.attn(self.ln1(branch)), skip, ATTENTION_TAU)
+        branch, skip = self.split(x, MLP_TAU)
+        return self.add(self.mlp(self.ln2(branch)), skip, MLP_TAU)
+
+
+class TransformerLanguageModel(nn.Module):
+    """Token + learned position embeddings, ``depth`` pre-norm blocks, final norm, linear readout."""
+
+    def __init__(self, vocab_size: int, width: int, depth: int, heads: int, seq_len: int,
+                 ops: Ops = STANDARD_OPS) -> None:
+        super().__init__()
+        self.seq_len = seq_len
+        self.token_embedding = Embedding(vocab_size, width, op=ops.embedding)
+        self.position_embedding = Embedding(seq_len, width, op=ops.embedding)
+        self.blocks = nn.ModuleList(Block(width, heads, ops) for _ in range(depth))
+        self.ln_f = LayerNorm(width, op=ops.layer_norm)
+        self.head = Linear(width, vocab_size, op=ops.readout)
+        self.add = ops.add
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """Token ids (B, T) with T <= seq_len -> next-token logits (B, T, vocab)."""
+        seq = ids.shape[1]
+        if seq > self.seq_len:
+            raise ValueError(f"sequence of {seq} tokens is longer than the model's seq_len={self.seq_len}")
+        positions = torch.arange(seq, device=ids.device)
+        x = self.add(self.token_embedding(ids), self.position_embedding(positions))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))

@@ -1,0 +1,260 @@
+"""The training engine: one loop used by the lab's panel, the notebooks, the CLI and sweeps.
+
+    run = Trainer(RunConfig(arch="lstm", steps=200)).train()
+    run.metrics  # a DataFrame, one row per record
+
+Each record (every ``log_every`` steps, and at every evaluation and the last step) holds: ``step``,
+``tokens``, ``train_loss``, ``val_loss`` (NaN between evaluations), ``lr``, ``grad_norm``,
+``param_norm``, ``norm/<parameter>``, memory (``mem_*`` bytes and ``rss``), ``step_time`` (seconds of
+the training step itself), ``tokens_per_s`` and ``instr_time`` (seconds spent measuring).
+
+A run ends ``finished``; ``stopped`` when :meth:`Trainer.stop` is called (from any thread, e.g. a Stop
+button) or on Ctrl-C; ``diverged`` at the first step whose loss is NaN or infinite; ``failed`` on an
+error. In every case the records so far are kept and, with a store, saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+
+import psutil
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from labkit.config import Optimizer, RunConfig, Schedule
+from labkit.data import Corpus
+from labkit.instrument import MemoryMeter, NormMeter, flops_per_step
+from labkit.models import build_model, count_parameters
+from labkit.runs import Run, RunStatus, RunStore
+from labkit.scaling import ScalingMethod, get_method
+
+Callback = Callable[[Run, dict[str, float]], None]
+
+
+class ResourceError(RuntimeError):
+    """The run would need more memory than the machine has free; the message says how to shrink it."""
+
+
+@functools.lru_cache(maxsize=4)
+def load_corpus(source: str, tokenizer: str, val_fraction: float) -> Corpus:
+    """``Corpus.load``, cached: the lab trains many runs on the same text."""
+    return Corpus.load(source, tokenizer=tokenizer, val_fraction=val_fraction)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ResourceError("device='cuda' but PyTorch sees no CUDA GPU; use device='cpu' or 'auto'")
+    return torch.device(name)
+
+
+def learning_rate(config: RunConfig, peak: float, step: int) -> float:
+    """Learning rate at ``step`` (1-based): constant, or linear warm-up then cosine decay to 10%."""
+    if config.schedule is Schedule.CONSTANT:
+        return peak
+    if step <= config.warmup_steps:
+        return peak * step / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+
+def peak_learning_rate(config: RunConfig, method: ScalingMethod | None = None) -> float:
+    """The run's peak LR: ``config.lr`` if set, else the scaling method's default for the optimizer."""
+    if config.lr is not None:
+        return config.lr
+    method = method or get_method(config.scaling)
+    return method.default_lr[config.optimizer]
+
+
+def make_optimizer(config: RunConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    if config.optimizer is Optimizer.SGD:
+        return torch.optim.SGD(groups, lr=groups[0]["lr"], weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=groups[0]["lr"], weight_decay=config.weight_decay, foreach=True)
+
+
+def estimate_memory(config: RunConfig, vocab_size: int) -> dict[str, int]:
+    """Bytes a run will need, estimated before anything is allocated.
+
+    Parameters are counted exactly on PyTorch's ``meta`` device (no memory used); activations saved for
+    backward by a per-architecture rule of thumb, checked against the measured figure in the tests.
+    """
+    with torch.device("meta"):
+        model = build_model(config.model_config(vocab_size))
+    n = count_parameters(model)
+    optimizer_copies = 2 if config.optimizer is Optimizer.ADAMW else 0
+    tokens, d = config.batch_size * config.seq_len, config.width
+    per_token = {"transformer": config.depth * (26 * d + 2 * config.heads * config.seq_len),
+                 "lstm": config.depth * 12 * d, "mlp": 8 * d + config.depth * 2 * d}[config.arch.value]
+    activations = 4 * tokens * (per_token + 3 * vocab_size)
+    return {"parameters": n, "param_bytes": 4 * n, "grad_bytes": 4 * n,
+            "optimizer_bytes": 4 * n * optimizer_copies, "activation_bytes": activations,
+            "total_bytes": 4 * n * (2 + optimizer_copies) + activations}
+
+
+def check_memory(config: RunConfig, vocab_size: int, headroom: float = 0.8) -> dict[str, int]:
+    """Raise :class:`ResourceError` when the estimate exceeds ``headroom`` × free RAM."""
+    estimate = estimate_memory(config, vocab_size)
+    free = psutil.virtual_memory().available
+    if estimate["total_bytes"] > headroom * free:
+        raise ResourceError(
+            f"width={config.width}, depth={config.depth}, batch_size={config.batch_size} × seq_len="
+            f"{config.seq_len} needs about {estimate['total_bytes'] / 2**30:.1f} GiB "
+            f"({estimate['parameters']:,} parameters) but only {free / 2**30:.1f} GiB is free; "
+            "reduce width, depth or batch size")
+    return estimate
+
+
+class Trainer:
+    """Trains one model as ``config`` says, emitting metrics records to ``callbacks``.
+
+    ``callbacks`` are called as ``callback(run, record)`` from the training thread after each record.
+    With a ``store``, the run is saved at its start, at every evaluation and at its end.
+    """
+
+    def __init__(self, config: RunConfig, *, callbacks: Iterable[Callback] = (), store: RunStore | None = None,
+                 corpus: Corpus | None = None) -> None:
+        self.config = config
+        self.callbacks = list(callbacks)
+        self.store = store
+        self.corpus = corpus
+        self.run = Run(config)
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Ask the run to stop before its next step (safe from any thread)."""
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def train(self) -> Run:
+        """Run to the end (or to a stop, divergence or error) and return the run record.
+
+        Errors are recorded on the run (status ``failed``, ``run.error``), saved, then raised again.
+        """
+        run = self.run
+        try:
+            self._train()
+        except KeyboardInterrupt:
+            run.status = RunStatus.STOPPED
+        except BaseException as exc:
+            run.status = RunStatus.FAILED
+            run.error = f"{type(exc).__name__}: {exc}"
+            run.info["traceback"] = traceback.format_exc()
+            self._save()
+            raise
+        self._save()
+        return run
+
+    def _save(self) -> None:
+        if self.store is not None:
+            self.store.save(self.run)
+
+    def _train(self) -> None:
+        cfg, run = self.config, self.run
+        torch.set_num_threads(cfg.threads)
+        device = resolve_device(cfg.device)
+        corpus = self.corpus or load_corpus(cfg.corpus, cfg.tokenizer.value, cfg.val_fraction)
+        corpus.get_batch("val", 1, cfg.seq_len, torch.Generator().manual_seed(0))  # fail early if too short
+        vocab = corpus.tokenizer.vocab_size
+        run.info["memory_estimate"] = check_memory(cfg, vocab)
+
+        method = get_method(cfg.scaling)
+        peak_lr = peak_learning_rate(cfg, method)
+        torch.manual_seed(cfg.seed)
+        ops = method.ops()
+        model = build_model(cfg.model_config(vocab), ops)
+        method.prepare(model)
+        model.to(device)
+        groups = method.param_groups(model, peak_lr)
+        optimizer = make_optimizer(cfg, groups)
+        batches = torch.Generator().manual_seed(cfg.seed + 1)
+
+        run.info.update(parameters=count_parameters(model), peak_lr=peak_lr, device=str(device),
+                        vocab_size=vocab, corpus=corpus.name)
+        sample, _ = corpus.get_batch("train", cfg.batch_size, cfg.seq_len, torch.Generator().manual_seed(0))
+        run.info["flops_per_step"] = flops_per_step(model, sample.to(device), ops.cross_entropy)
+        self.model, self.optimizer, self.ops = model, optimizer, ops
+        norms, memory = NormMeter(model), MemoryMeter(model, optimizer)
+        self._save()
+
+        tokens_per_step = cfg.batch_size * cfg.seq_len
+        for step in range(1, cfg.steps + 1):
+            if self._stop.is_set():
+                run.status = RunStatus.STOPPED
+                return
+            evaluate = step % cfg.eval_every == 0 or step == cfg.steps
+            record_now = evaluate or step % cfg.log_every == 0
+            start = time.perf_counter()
+            lr = learning_rate(cfg, peak_lr, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            x, y = corpus.get_batch("train", cfg.batch_size, cfg.seq_len, batches)
+            x, y = x.to(device), y.to(device)
+            model.train()
+            with memory.activations.track() if record_now else contextlib.nullcontext():
+                logits = model(x)
+                loss = ops.cross_entropy(logits.flatten(0, 1), y.flatten())
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                run.records.append({"step": step, "tokens": step * tokens_per_step, "train_loss": loss_value,
+                                    "lr": lr})
+                run.status = RunStatus.DIVERGED
+                run.error = f"loss became {loss_value} at step {step}: lower the learning rate (was {lr:.3g})"
+                return
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
+            optimizer.step()
+            step_time = time.perf_counter() - start
+            if not record_now:
+                continue
+            record = {"step": step, "tokens": step * tokens_per_step, "train_loss": loss_value,
+                      "val_loss": self.validation_loss(model, corpus, device) if evaluate else math.nan,
+                      "lr": lr, "step_time": step_time, "tokens_per_s": tokens_per_step / step_time}
+            measure_start = time.perf_counter()
+            record.update(norms.measure())
+            record.update(memory.measure())
+            record["instr_time"] = time.perf_counter() - measure_start
+            run.records.append(record)
+            for callback in self.callbacks:
+                callback(run, record)
+            if evaluate:
+                self._save()
+        run.status = RunStatus.FINISHED
+
+    @torch.no_grad()
+    def validation_loss(self, model: nn.Module, corpus: Corpus, device: torch.device) -> float:
+        """Mean cross-entropy (nats/token) over ``eval_batches`` fixed validation batches."""
+        cfg = self.config
+        generator = torch.Generator().manual_seed(cfg.seed + 2)  # the same batches at every evaluation
+        model.eval()
+        total = 0.0
+        for _ in range(cfg.eval_batches):
+            x, y = corpus.get_batch("val", cfg.batch_size, cfg.seq_len, generator)
+            logits = model(x.to(device))
+            total += F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten()).item()
+        model.train()
+        return total / cfg.eval_batches
+
+
+def train(config: RunConfig | None = None, *, callbacks: Iterable[Callback] = (), store: RunStore | None = None,
+          **overrides: object) -> Run:
+    """Train one run: ``train(arch="lstm", steps=100)`` or ``train(RunConfig(...))``."""
+    config = (config or RunConfig()).replace(**overrides) if overrides else (config or RunConfig())
+    return Trainer(config, callbacks=callbacks, store=store).train()
