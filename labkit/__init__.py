@@ -1,5 +1,6 @@
 """labkit: the helper package behind the Unit Scaling Lab notebooks."""
 
+from labkit.build import ResourceError
 from labkit.config import (
     Arch,
     ConfigError,
@@ -13,7 +14,7 @@ from labkit.config import (
     TokenizerKind,
 )
 from labkit.runs import Run, RunStatus, RunStore
-from labkit.train import ResourceError, Trainer, train
+from labkit.train import Trainer, train
 
 __all__ = ["Arch", "ConfigError", "LossScaling", "NumberFormat", "Optimizer", "ResourceError", "Rounding", "Run",
            "RunConfig", "RunStatus", "RunStore", "Scaling", "Schedule", "TokenizerKind", "Trainer", "train"]

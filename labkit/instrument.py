@@ -61,14 +61,15 @@ class NormMeter:
         return record
 
 
+@torch.no_grad()
 def used_norms(model: nn.Module) -> dict[str, float]:
     """Norm of each weight as the forward pass sees it (through parametrisations such as w/||w||)."""
     result = {}
     for module_name, module in model.named_modules():
         for name, _ in module.named_parameters(recurse=False):
-            result[f"{module_name}.{name}".lstrip(".")] = float(torch.linalg.vector_norm(getattr(module, name)))
+            result[f"{module_name}.{name}".lstrip(".")] = float(torch.linalg.vector_norm(getattr(module, name).detach()))
         for name in getattr(module, "parametrizations", {}):
-            result[f"{module_name}.{name}".lstrip(".")] = float(torch.linalg.vector_norm(getattr(module, name)))
+            result[f"{module_name}.{name}".lstrip(".")] = float(torch.linalg.vector_norm(getattr(module, name).detach()))
     return {k: v for k, v in result.items() if ".parametrizations." not in k}
 
 

@@ -16,7 +16,6 @@ error. In every case the records so far are kept and, with a store, saved.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import threading
 import time
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.build import ResourceError, build_for_run, load_corpus, resolve_device
 from labkit.config import Optimizer, RunConfig, Schedule
 from labkit.data import Corpus
 from labkit.instrument import MemoryMeter, NormMeter, flops_per_step
@@ -36,29 +36,6 @@ from labkit.runs import Run, RunStatus, RunStore
 from labkit.scaling import ScalingMethod, get_method
 
 Callback = Callable[[Run, dict[str, float]], None]
-
-
-class ResourceError(RuntimeError):
-    """The run would need more memory than the machine has free; the message says how to shrink it."""
-
-
-@functools.lru_cache(maxsize=4)
-def load_corpus(source: str, tokenizer: str, val_fraction: float) -> Corpus:
-    """``Corpus.load``, cached: the lab trains many runs on the same text."""
-    return Corpus.load(source, tokenizer=tokenizer, val_fraction=val_fraction)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ResourceError("device='cuda' but PyTorch sees no CUDA GPU; use device='cpu' or 'auto'")
-    return torch.device(name)
 
 
 def learning_rate(config: RunConfig, peak: float, step: int) -> float:
@@ -173,14 +150,10 @@ class Trainer:
         vocab = corpus.tokenizer.vocab_size
         run.info["memory_estimate"] = check_memory(cfg, vocab)
 
-        method = get_method(cfg.scaling)
+        model, ops, method = build_for_run(cfg, vocab)
         peak_lr = peak_learning_rate(cfg, method)
-        torch.manual_seed(cfg.seed)
-        ops = method.ops()
-        model = build_model(cfg.model_config(vocab), ops)
-        method.prepare(model)
         model.to(device)
-        groups = method.param_groups(model, peak_lr)
+        groups = method.param_groups(model, peak_lr, cfg.optimizer)
         optimizer = make_optimizer(cfg, groups)
         batches = torch.Generator().manual_seed(cfg.seed + 1)
 

@@ -29,6 +29,12 @@ def _residual_add(branch: Tensor, skip: Tensor, tau: float) -> Tensor:
     return skip + branch
 
 
+def fixed_residual_tau(index: int, branches: int) -> float:
+    """Relative weight of residual branch ``index`` (0-based, attention branches even, MLP branches odd)
+    out of ``branches``: 0.01 for attention and 0.5 for MLPs, Graphcore's ``unit_scale()`` defaults."""
+    return 0.01 if index % 2 == 0 else 0.5
+
+
 def _causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """softmax(q k^T / sqrt(d_head)) v with a causal mask; shapes (B, heads, T, d_head)."""
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -52,7 +58,8 @@ class Ops:
     Signatures: ``linear(x, w, b)``, ``readout(x, w, b)`` (the final projection to logits),
     ``embedding(ids, table)``, ``gelu(x)``, ``add(a, b)``, ``residual_split(x, tau) -> (branch, skip)``,
     ``residual_add(branch, skip, tau)``, ``attention(q, k, v)`` (causal), ``layer_norm(x, shape, w, b, eps)``,
-    ``lstm(x, weights, num_layers, training)``, ``cross_entropy(logits, targets)`` (mean over tokens).
+    ``lstm(x, weights, num_layers, training)``, ``cross_entropy(logits, targets)`` (mean over tokens),
+    ``residual_tau(index, branches)``: the relative weight τ of each residual branch of a Transformer.
     """
 
     linear: Callable[..., Tensor] = F.linear
@@ -66,6 +73,7 @@ class Ops:
     layer_norm: Callable[..., Tensor] = F.layer_norm
     lstm: Callable[..., Tensor] = fused_lstm
     cross_entropy: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
+    residual_tau: Callable[[int, int], float] = fixed_residual_tau
 
     def replace(self, **changes: Callable[..., object]) -> Ops:
         return dataclasses.replace(self, **changes)

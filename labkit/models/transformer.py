@@ -7,10 +7,6 @@ from torch import Tensor, nn
 
 from labkit.models.layers import STANDARD_OPS, Embedding, LayerNorm, Linear, Ops
 
-# Relative weight of each residual branch; only unit-scaled ops use it (Graphcore's unit_scale() defaults).
-ATTENTION_TAU = 0.01
-MLP_TAU = 0.5
-
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, width: int, heads: int, ops: Ops) -> None:
@@ -40,10 +36,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """x + attention(norm(x)), then x + mlp(norm(x)), each residual through the ops' split/add."""
+    """x + attention(norm(x)), then x + mlp(norm(x)), each residual through the ops' split/add.
 
-    def __init__(self, width: int, heads: int, ops: Ops) -> None:
+    ``attn_tau`` and ``mlp_tau`` weight the two branches against the skip path; only unit-scaled ops
+    use them (standard residuals are plain sums).
+    """
+
+    def __init__(self, width: int, heads: int, ops: Ops, attn_tau: float, mlp_tau: float) -> None:
         super().__init__()
+        self.attn_tau, self.mlp_tau = attn_tau, mlp_tau
         self.ln1 = LayerNorm(width, op=ops.layer_norm)
         self.attn = CausalSelfAttention(width, heads, ops)
         self.ln2 = LayerNorm(width, op=ops.layer_norm)
@@ -51,10 +52,10 @@ class Block(nn.Module):
         self.split, self.add = ops.residual_split, ops.residual_add
 
     def forward(self, x: Tensor) -> Tensor:
-        branch, skip = self.split(x, ATTENTION_TAU)
-        x = self.add(self.attn(self.ln1(branch)), skip, ATTENTION_TAU)
-        branch, skip = self.split(x, MLP_TAU)
-        return self.add(self.mlp(self.ln2(branch)), skip, MLP_TAU)
+        branch, skip = self.split(x, self.attn_tau)
+        x = self.add(self.attn(self.ln1(branch)), skip, self.attn_tau)
+        branch, skip = self.split(x, self.mlp_tau)
+        return self.add(self.mlp(self.ln2(branch)), skip, self.mlp_tau)
 
 
 class TransformerLanguageModel(nn.Module):
@@ -66,7 +67,9 @@ class TransformerLanguageModel(nn.Module):
         self.seq_len = seq_len
         self.token_embedding = Embedding(vocab_size, width, op=ops.embedding)
         self.position_embedding = Embedding(seq_len, width, op=ops.embedding)
-        self.blocks = nn.ModuleList(Block(width, heads, ops) for _ in range(depth))
+        tau = ops.residual_tau
+        self.blocks = nn.ModuleList(Block(width, heads, ops, tau(2 * i, 2 * depth), tau(2 * i + 1, 2 * depth))
+                                    for i in range(depth))
         self.ln_f = LayerNorm(width, op=ops.layer_norm)
         self.head = Linear(width, vocab_size, op=ops.readout)
         self.add = ops.add

@@ -4,6 +4,8 @@
 ``standard``       PyTorch defaults (:mod:`labkit.scaling.standard`)
 ``seed-l2-once``   the seed article's §5 code (:mod:`labkit.scaling.seed_l2`)
 ``seed-l2-always`` the seed article's §3.2 step 3 (:mod:`labkit.scaling.seed_l2`)
+``unit``           Unit Scaling, Blake, Orr & Luschi 2023 (:mod:`labkit.scaling.unit`)
+``u-mup``          u-μP, Blake et al. 2024 (:mod:`labkit.scaling.umup`)
 =================  ===========================================================================
 """
 
@@ -13,11 +15,15 @@ from labkit.config import Scaling
 from labkit.scaling.base import ScalingMethod
 from labkit.scaling.seed_l2 import SeedL2Always, SeedL2Once
 from labkit.scaling.standard import Standard
+from labkit.scaling.umup import UMuP
+from labkit.scaling.unit import Unit
 
 _METHODS: dict[Scaling, type[ScalingMethod]] = {
     Scaling.STANDARD: Standard,
     Scaling.SEED_L2_ONCE: SeedL2Once,
     Scaling.SEED_L2_ALWAYS: SeedL2Always,
+    Scaling.UNIT: Unit,
+    Scaling.UMUP: UMuP,
 }
 
 

@@ -16,7 +16,7 @@ class ScalingMethod:
 
     A method has three jobs, used in this order by ``labkit.train``:
     ``ops()`` picks the arithmetic the model is built with; ``prepare(model)`` changes the freshly
-    initialised parameters in place (re-initialise, rescale, parametrise); ``param_groups(model, lr)``
+    initialised parameters in place (re-initialise, rescale, parametrise); ``param_groups(model, lr, optimizer)``
     gives the optimizer its parameter groups (where per-parameter learning-rate rules live).
     """
 
@@ -31,6 +31,6 @@ class ScalingMethod:
     def prepare(self, model: nn.Module) -> None:
         """Change the model's freshly initialised parameters in place (nothing, by default)."""
 
-    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
+    def param_groups(self, model: nn.Module, lr: float, optimizer: Optimizer) -> list[dict[str, Any]]:
         """One group with every trainable parameter at the same learning rate."""
         return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr, "lr_scale": 1.0}]

@@ -1,0 +1,153 @@
+"""Benchmarks that print ratios measured in one process: ``python -m labkit.bench [--steps N]``.
+
+1. engine overhead: median step time of a bare PyTorch loop vs the instrumented ``Trainer`` on the
+   same model and batches (target: the engine keeps ≥ 0.90× the bare loop's throughput);
+2. the machine's FP32 matmul rate (one large ``torch.mm``) and the model's FLOP utilisation;
+3. scaling methods and simulated formats vs ``standard`` FP32 on the same model.
+
+Rounds alternate between the contenders so that a slow spell of the machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from labkit.config import RunConfig
+from labkit.scaling import get_method
+from labkit.train import Trainer, build_for_run, learning_rate, load_corpus, make_optimizer, peak_learning_rate
+
+
+def bare_step_times(config: RunConfig, steps: int) -> list[float]:
+    """A plain PyTorch training loop, nothing measured but the clock: the baseline."""
+    corpus = load_corpus(config.corpus, config.tokenizer.value, config.val_fraction)
+    model, _, method = build_for_run(config, corpus.tokenizer.vocab_size)
+    peak = peak_learning_rate(config, method)
+    optimizer = make_optimizer(config, method.param_groups(model, peak, config.optimizer))
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    times = []
+    for step in range(1, steps + 1):
+        start = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, peak, step) * group.get("lr_scale", 1.0)
+        x, y = corpus.get_batch("train", config.batch_size, config.seq_len, generator)
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss.item()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def engine_step_times(config: RunConfig, steps: int) -> tuple[list[float], Trainer]:
+    """Wall time between consecutive records of the real engine (training + all instrumentation)."""
+    stamps: list[float] = []
+    trainer = Trainer(config.replace(steps=steps, log_every=1, eval_every=steps + 1),
+                      callbacks=[lambda run, record: stamps.append(time.perf_counter())])
+    trainer.train()
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)], trainer
+
+
+def matmul_flops_per_s(n: int = 2048, repeats: int = 3) -> float:
+    """FP32 rate of one n×n×n ``torch.mm`` (best of ``repeats``): the machine's practical peak."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def compare_engine(config: RunConfig, steps: int, rounds: int) -> dict[str, float]:
+    bare: list[float] = []
+    engine: list[float] = []
+    trainer = None
+    for _ in range(rounds):
+        bare += bare_step_times(config, steps)[5:]  # drop warm-up steps
+        times, trainer = engine_step_times(config, steps)
+        engine += times[5:]
+    bare_median, engine_median = statistics.median(bare), statistics.median(engine)
+    tokens = config.batch_size * config.seq_len
+    flops = trainer.run.info["flops_per_step"]
+    return {"bare_step_ms": 1e3 * bare_median, "engine_step_ms": 1e3 * engine_median,
+            "throughput_ratio": bare_median / engine_median, "tokens_per_s": tokens / engine_median,
+            "model_flops_per_step": flops, "model_flops_per_s": flops / engine_median}
+
+
+def compare_configs(configs: dict[str, RunConfig], steps: int, rounds: int) -> dict[str, float]:
+    """Median bare-loop step time of each config, in ms (first entry is the reference)."""
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    for _ in range(rounds):
+        for name, config in configs.items():
+            times[name] += bare_step_times(config, steps)[5:]
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m labkit.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", default="transformer", choices=["transformer", "lstm", "mlp"])
+    parser.add_argument("--steps", type=int, default=40, help="steps per round and contender")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = RunConfig(arch=args.arch, threads=args.threads)
+    print(f"model: {config.arch.value}, width {config.width}, depth {config.depth}, "
+          f"batch {config.batch_size}×{config.seq_len}, {args.threads} thread(s)")
+
+    result = compare_engine(config, args.steps, args.rounds)
+    peak = matmul_flops_per_s()
+    print("\n== engine overhead (bare PyTorch loop vs instrumented Trainer)")
+    print(f"bare loop step        {result['bare_step_ms']:8.2f} ms")
+    print(f"engine step           {result['engine_step_ms']:8.2f} ms")
+    print(f"throughput ratio      {result['throughput_ratio']:8.3f}×   (target ≥ 0.90)")
+    print(f"tokens/s (engine)     {result['tokens_per_s']:8.0f}")
+    print("\n== FLOP rate")
+    print(f"matmul 2048³ FP32     {peak / 1e9:8.1f} GFLOP/s")
+    print(f"model fwd+bwd         {result['model_flops_per_s'] / 1e9:8.2f} GFLOP/s "
+          f"({result['model_flops_per_step'] / 1e9:.2f} GFLOP/step)")
+    print(f"model FLOP utilisation{100 * result['model_flops_per_s'] / peak:8.1f} %")
+
+    variants = {name: config.replace(**changes) for name, changes in _variants().items()}
+    available = {name: c for name, c in variants.items() if _implemented(c)}
+    times = compare_configs(available, args.steps, args.rounds)
+    reference = times["standard fp32"]
+    print("\n== scaling methods and simulated formats (bare loop, vs standard fp32)")
+    for name, ms in times.items():
+        print(f"{name:28s}{ms:8.2f} ms  {ms / reference:6.2f}×")
+    for name in sorted(set(variants) - set(available)):
+        print(f"{name:28s}    (not implemented)")
+
+
+def _variants() -> dict[str, dict[str, str]]:
+    return {
+        "standard fp32": {},
+        "seed-l2-always fp32": {"scaling": "seed-l2-always"},
+        "unit fp32": {"scaling": "unit"},
+        "u-mup fp32": {"scaling": "u-mup"},
+        "standard fp8": {"format": "fp8-e4m3"},
+        "unit fp8": {"scaling": "unit", "format": "fp8-e4m3"},
+        "u-mup fp8": {"scaling": "u-mup", "format": "fp8-e4m3"},
+    }
+
+
+def _implemented(config: RunConfig) -> bool:
+    try:
+        get_method(config.scaling)
+    except NotImplementedError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    main()

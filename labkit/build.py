@@ -1,0 +1,46 @@
+"""Building what a run needs from its config: the corpus, the device, the seeded and prepared model."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from labkit.config import RunConfig
+from labkit.data import Corpus
+from labkit.models import Ops, build_model
+from labkit.scaling import ScalingMethod, get_method
+
+
+class ResourceError(RuntimeError):
+    """The run needs a device or more memory than the machine has; the message says what to change."""
+
+
+@functools.lru_cache(maxsize=4)
+def load_corpus(source: str, tokenizer: str, val_fraction: float) -> Corpus:
+    """``Corpus.load``, cached: the lab trains many runs on the same text."""
+    return Corpus.load(source, tokenizer=tokenizer, val_fraction=val_fraction)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then Apple's MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ResourceError("device='cuda' but PyTorch sees no CUDA GPU; use device='cpu' or 'auto'")
+    return torch.device(name)
+
+
+def build_for_run(config: RunConfig, vocab_size: int) -> tuple[nn.Module, Ops, ScalingMethod]:
+    """The seeded, prepared model of a run, the ops it computes with, and its scaling method."""
+    method = get_method(config.scaling)
+    ops = method.ops()
+    torch.manual_seed(config.seed)
+    model = build_model(config.model_config(vocab_size), ops)
+    method.prepare(model)
+    return model, ops, method

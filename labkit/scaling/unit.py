@@ -1,0 +1,90 @@
+"""``unit``: Unit Scaling (Blake, Orr & Luschi, ICML 2023).
+
+Every weight is drawn N(0, 1) and every op scales its output and its gradients by fixed factors
+(:mod:`labkit.scaling.ops`, one function per op with its rule) so that activations, weights and
+gradients all have RMS ≈ 1 at initialisation, at any width. Values then sit in the middle of the
+FP16/FP8 range, which is why the paper trains in low precision without loss scaling.
+
+What this module adds to the ops: the initialisation, the table that routes each model op to its
+scaled version, and a unit-scaled LSTM (not in the published library: derived in ``ops.lstm``).
+Residual branches use Graphcore's ``unit_scale()`` weights: τ = 0.01 for attention, 0.5 for MLPs. The
+readout (last projection to logits) is scaled like any matmul but left unconstrained (see ``readout``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from labkit.config import Optimizer, Scaling
+from labkit.models.layers import LSTM, Embedding, LayerNorm, Linear, Ops, fixed_residual_tau
+from labkit.scaling import ops as U
+from labkit.scaling.base import ScalingMethod
+
+
+def add(a: Tensor, b: Tensor) -> Tensor:
+    """Sum of two independent unit-scale tensors: fwd × 2^-1/2 (unit variance again), grads × 1.
+
+    When ``b`` is broadcast over ``a`` (position embeddings over the batch), its gradient sums
+    ``a.numel() / b.numel()`` unit-scale terms, so it is scaled back by the square root of that count.
+    """
+    if b.numel() < a.numel():
+        b = U.scale_bwd(b, (b.numel() / a.numel()) ** 0.5)
+    return U.scale_fwd(a + b, 2**-0.5)
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Unit-scaled causal attention (see ``ops.scaled_dot_product_attention``)."""
+    return U.scaled_dot_product_attention(q, k, v, causal=True)
+
+
+def lstm(x: Tensor, weights: Sequence[Tensor], num_layers: int, training: bool) -> Tensor:
+    """Stacked unit-scaled LSTM layers (``ops.lstm``), zero initial state, batch-first."""
+    for layer in range(num_layers):
+        w_ih, w_hh, b_ih, b_hh = weights[4 * layer: 4 * layer + 4]
+        x, _ = U.lstm(x, w_ih, w_hh, b_ih, b_hh)
+    return x
+
+
+def readout(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """The final projection to logits, as in the 2023 paper: fwd × fan_in^-1/2, grad_x × fan_out^-1/2,
+    unconstrained. The input gradient then differs from the true one by the constant (fan_in/fan_out)^1/2,
+    a uniform rescaling of every earlier gradient (a built-in loss scale), not a change of direction."""
+    return U.linear(x, weight, bias, constraint=U.Constraint.NONE)
+
+
+def unit_ops(residual_tau=fixed_residual_tau, readout=readout) -> Ops:
+    """The op table of a unit-scaled model. u-μP passes ``readout=ops.linear_readout`` (1/fan_in)."""
+    return Ops(linear=U.linear, readout=readout, embedding=U.embedding, gelu=U.gelu, add=add,
+               residual_split=U.residual_split, residual_add=U.residual_add, attention=causal_attention,
+               layer_norm=U.layer_norm, lstm=lstm, cross_entropy=U.cross_entropy, residual_tau=residual_tau)
+
+
+def unit_init_(model: nn.Module) -> None:
+    """Weights N(0, 1), biases 0, norm gains 1: the scaled ops supply every other factor."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, Linear | Embedding):
+                nn.init.normal_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, LSTM):
+                for name, p in module.named_parameters():
+                    (nn.init.normal_ if name.startswith("weight") else nn.init.zeros_)(p)
+            elif isinstance(module, LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+
+class Unit(ScalingMethod):
+    name = Scaling.UNIT
+    summary = "Unit Scaling (2023): N(0,1) weights, scaled ops; unit RMS at init for every tensor."
+    default_lr = {Optimizer.ADAMW: 2.0**-5, Optimizer.SGD: 2.0**-2}
+
+    def ops(self) -> Ops:
+        return unit_ops()
+
+    def prepare(self, model: nn.Module) -> None:
+        unit_init_(model)
