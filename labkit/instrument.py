@@ -66,10 +66,9 @@ def used_norms(model: nn.Module) -> dict[str, float]:
     """Norm of each weight as the forward pass sees it (through parametrisations such as w/||w||)."""
     result = {}
     for module_name, module in model.named_modules():
-        for name, _ in module.named_parameters(recurse=False):
-            result[f"{module_name}.{name}".lstrip(".")] = float(torch.linalg.vector_norm(getattr(module, name).detach()))
-        for name in getattr(module, "parametrizations", {}):
-            result[f"{module_name}.{name}".lstrip(".")] = float(torch.linalg.vector_norm(getattr(module, name).detach()))
+        names = [n for n, _ in module.named_parameters(recurse=False)] + list(getattr(module, "parametrizations", {}))
+        for name in names:
+            result[f"{module_name}.{name}".lstrip(".")] = float(torch.linalg.vector_norm(getattr(module, name)))
     return {k: v for k, v in result.items() if ".parametrizations." not in k}
 
 

@@ -15,7 +15,7 @@ from labkit.scaling.umup import residual_tau
 from labkit.train import Trainer
 
 WIDTHS = [64, 128, 256, 512]
-LINEARS = r"(qkv|proj|fc|head|hidden\.\d+)$"
+LINEARS = r"(?:qkv|proj|fc|head|hidden\.\d+)$"
 
 
 def linear_rms(scaling: str, arch: str, width: int):
