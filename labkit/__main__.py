@@ -126,6 +126,21 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scales(args: argparse.Namespace) -> int:
+    from labkit.scales import initial_scales
+
+    config = config_from_args(args)
+    table = initial_scales(config)
+    if args.json:
+        print(table.to_json(orient="records"))
+        return 0
+    wide = table.pivot_table(index="layer", columns="kind", values="rms", sort=False)
+    print(f"RMS at initialisation: {config.arch.value}, {config.scaling.value}, width {config.width} "
+          f"(one forward and backward pass on {config.batch_size}×{config.seq_len} tokens)")
+    print(wide.to_string(float_format=lambda v: f"{v:.3g}"))
+    return 0
+
+
 def _json_safe(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
@@ -140,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--runs-dir", default=str(default_runs_dir()), help="folder of saved runs")
     train.set_defaults(func=cmd_train)
+
+    scales = sub.add_parser("scales", help="per-layer RMS of activations, gradients and weights at initialisation")
+    add_config_options(scales)
+    scales.add_argument("--json", action="store_true", help="print the table as JSON records")
+    scales.set_defaults(func=cmd_scales)
 
     runs = sub.add_parser("runs", help="list saved runs")
     runs.add_argument("--json", action="store_true", help="print the table as JSON records")

@@ -33,13 +33,16 @@ def _rms(t: Tensor) -> Tensor:
 
 
 class ScaleRecorder:
-    """Records activation, gradient and weight RMS per named layer of ``model`` while recording."""
+    """Records activation, gradient and weight RMS per named layer of ``model`` while recording.
 
-    def __init__(self, model: nn.Module) -> None:
+    Rows go to ``sink`` (a list, e.g. ``run.scales``) when given, else to a list of the recorder's own.
+    """
+
+    def __init__(self, model: nn.Module, sink: list[dict] | None = None) -> None:
         self.model = model
         self.layers = {name: m for name, m in model.named_modules() if isinstance(m, RECORDED)}
         self._pending: list[tuple[int, str, str, Tensor]] = []
-        self._rows: list[dict] = []
+        self._rows: list[dict] = sink if sink is not None else []
 
     @contextlib.contextmanager
     def recording(self, step: int) -> Iterator[None]:
@@ -70,8 +73,8 @@ class ScaleRecorder:
         if not self._pending:
             return
         values = torch.stack([v for *_, v in self._pending]).tolist()
-        self._rows += [{"step": step, "layer": layer, "kind": kind, "rms": value}
-                       for (step, layer, kind, _), value in zip(self._pending, values, strict=True)]
+        self._rows.extend([{"step": step, "layer": layer, "kind": kind, "rms": value}
+                           for (step, layer, kind, _), value in zip(self._pending, values, strict=True)])
         self._pending = []
 
     def rows(self) -> list[dict]:

@@ -33,6 +33,7 @@ from labkit.data import Corpus
 from labkit.instrument import MemoryMeter, NormMeter, flops_per_step
 from labkit.models import build_model, count_parameters
 from labkit.runs import Run, RunStatus, RunStore
+from labkit.scales import ScaleRecorder
 from labkit.scaling import ScalingMethod, get_method
 
 Callback = Callable[[Run, dict[str, float]], None]
@@ -163,6 +164,7 @@ class Trainer:
         run.info["flops_per_step"] = flops_per_step(model, sample.to(device), ops.cross_entropy)
         self.model, self.optimizer, self.ops = model, optimizer, ops
         norms, memory = NormMeter(model), MemoryMeter(model, optimizer)
+        scales = ScaleRecorder(model, sink=run.scales)
         self._save()
 
         tokens_per_step = cfg.batch_size * cfg.seq_len
@@ -179,18 +181,20 @@ class Trainer:
             x, y = corpus.get_batch("train", cfg.batch_size, cfg.seq_len, batches)
             x, y = x.to(device), y.to(device)
             model.train()
-            with memory.activations.track() if record_now else contextlib.nullcontext():
-                logits = model(x)
-                loss = ops.cross_entropy(logits.flatten(0, 1), y.flatten())
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                run.records.append({"step": step, "tokens": step * tokens_per_step, "train_loss": loss_value,
-                                    "lr": lr})
-                run.status = RunStatus.DIVERGED
-                run.error = f"loss became {loss_value} at step {step}: lower the learning rate (was {lr:.3g})"
-                return
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            sample_scales = cfg.scales_every and (step == 1 or step % cfg.scales_every == 0)
+            with scales.recording(step) if sample_scales else contextlib.nullcontext():
+                with memory.activations.track() if record_now else contextlib.nullcontext():
+                    logits = model(x)
+                    loss = ops.cross_entropy(logits.flatten(0, 1), y.flatten())
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    run.records.append({"step": step, "tokens": step * tokens_per_step, "train_loss": loss_value,
+                                        "lr": lr})
+                    run.status = RunStatus.DIVERGED
+                    run.error = f"loss became {loss_value} at step {step}: lower the learning rate (was {lr:.3g})"
+                    return
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
             optimizer.step()

@@ -50,3 +50,13 @@ def test_parse_number():
     assert parse_number("2**-7") == 2**-7
     assert parse_number("2^3") == 8
     assert parse_number("3e-3") == 0.003
+
+
+def test_scales_command_prints_the_table(tmp_path, capsys):
+    assert main(["scales", "--scaling", "unit", "--arch", "mlp", "--width", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "hidden.0" in out and "gradient" in out
+    assert main(["scales", "--scaling", "unit", "--arch", "mlp", "--width", "64", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["kind"] for r in rows} == {"activation", "gradient", "weight"}
+    assert all(0.3 < r["rms"] < 3 for r in rows)

@@ -158,3 +158,11 @@ def test_saved_activation_bytes_match_autograd(make_config):
         logits = model(x)
         torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
     assert run.metrics["mem_activations"].iloc[-1] == sum(seen.values())
+
+
+def test_scales_are_recorded_every_n_steps(make_config):
+    run = train(make_config(steps=10, scales_every=5))
+    table = run.scales_table
+    assert sorted(table["step"].unique()) == [1, 5, 10]
+    assert set(table["kind"]) == {"activation", "gradient", "weight"}
+    assert (table["rms"] > 0).all()
