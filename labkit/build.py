@@ -7,8 +7,9 @@ import functools
 import torch
 from torch import nn
 
-from labkit.config import RunConfig
+from labkit.config import NumberFormat, RunConfig
 from labkit.data import Corpus
+from labkit.formats import OverflowCounter, simulated_ops
 from labkit.models import Ops, build_model
 from labkit.scaling import ScalingMethod, get_method
 
@@ -36,10 +37,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_for_run(config: RunConfig, vocab_size: int) -> tuple[nn.Module, Ops, ScalingMethod]:
-    """The seeded, prepared model of a run, the ops it computes with, and its scaling method."""
+def build_for_run(config: RunConfig, vocab_size: int, counter: OverflowCounter | None = None
+                  ) -> tuple[nn.Module, Ops, ScalingMethod]:
+    """The seeded, prepared model of a run, the ops it computes with, and its scaling method.
+
+    A narrow ``config.format`` wraps the scaling method's ops so that matmul inputs are rounded to it
+    (and gradients to ``config.effective_grad_format``); ``counter`` then counts under/overflows.
+    """
     method = get_method(config.scaling)
     ops = method.ops()
+    fwd, bwd = config.format, config.effective_grad_format
+    if fwd is not NumberFormat.FP32 or bwd is not NumberFormat.FP32:
+        generator = torch.Generator().manual_seed(config.seed + 3)  # stochastic rounding, reproducible
+        ops = simulated_ops(ops, fwd, bwd, config.rounding, counter, generator)
     torch.manual_seed(config.seed)
     model = build_model(config.model_config(vocab_size), ops)
     method.prepare(model)

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.build import ResourceError, build_for_run, load_corpus, resolve_device
-from labkit.config import Optimizer, RunConfig, Schedule
+from labkit.config import LossScaling, NumberFormat, Optimizer, RunConfig, Schedule
 from labkit.data import Corpus
+from labkit.formats import LossScaler, OverflowCounter, bytes_per_value
 from labkit.instrument import MemoryMeter, NormMeter, flops_per_step
 from labkit.models import build_model, count_parameters
 from labkit.runs import Run, RunStatus, RunStore
@@ -95,6 +96,12 @@ def check_memory(config: RunConfig, vocab_size: int, headroom: float = 0.8) -> d
     return estimate
 
 
+def format_counts(snapshot: dict[str, int]) -> dict[str, int]:
+    """Counter snapshot -> record keys ``fmt_values_fwd``, ``fmt_underflow_fwd``, ``fmt_overflow_bwd``, ..."""
+    return {f"fmt_{'values' if what == 'total' else what}_{kind}": n
+            for kind, what, n in ((*key.split("_"), n) for key, n in snapshot.items())}
+
+
 class Trainer:
     """Trains one model as ``config`` says, emitting metrics records to ``callbacks``.
 
@@ -151,9 +158,13 @@ class Trainer:
         vocab = corpus.tokenizer.vocab_size
         run.info["memory_estimate"] = check_memory(cfg, vocab)
 
-        model, ops, method = build_for_run(cfg, vocab)
+        simulated = cfg.format is not NumberFormat.FP32 or cfg.effective_grad_format is not NumberFormat.FP32
+        counter = OverflowCounter() if simulated else None
+        model, ops, method = build_for_run(cfg, vocab, counter)
         peak_lr = peak_learning_rate(cfg, method)
         model.to(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         groups = method.param_groups(model, peak_lr, cfg.optimizer)
         optimizer = make_optimizer(cfg, groups)
         batches = torch.Generator().manual_seed(cfg.seed + 1)
@@ -162,8 +173,14 @@ class Trainer:
                         vocab_size=vocab, corpus=corpus.name)
         sample, _ = corpus.get_batch("train", cfg.batch_size, cfg.seq_len, torch.Generator().manual_seed(0))
         run.info["flops_per_step"] = flops_per_step(model, sample.to(device), ops.cross_entropy)
+        if counter is not None:
+            counter.snapshot_and_reset()  # forget the FLOP count's pass
         self.model, self.optimizer, self.ops = model, optimizer, ops
-        norms, memory = NormMeter(model), MemoryMeter(model, optimizer)
+        value_bytes = ({"params": bytes_per_value(cfg.format), "activations": bytes_per_value(cfg.format),
+                        "grads": bytes_per_value(cfg.effective_grad_format)} if simulated else None)
+        norms, memory = NormMeter(model), MemoryMeter(model, optimizer, value_bytes)
+        params = [p for p in model.parameters() if p.requires_grad]
+        scaler = LossScaler(cfg.loss_scaling, cfg.loss_scale) if cfg.loss_scaling is not LossScaling.NONE else None
         scales = ScaleRecorder(model, sink=run.scales)
         self._save()
 
@@ -194,10 +211,12 @@ class Trainer:
                     run.error = f"loss became {loss_value} at step {step}: lower the learning rate (was {lr:.3g})"
                     return
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (scaler.scale(loss) if scaler else loss).backward()
+            skip = scaler.update(scaler.unscale_(params)) if scaler else False
             if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
-            optimizer.step()
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+            if not skip:
+                optimizer.step()
             step_time = time.perf_counter() - start
             if not record_now:
                 continue
@@ -207,6 +226,10 @@ class Trainer:
             measure_start = time.perf_counter()
             record.update(norms.measure())
             record.update(memory.measure())
+            if counter is not None:
+                record.update(format_counts(counter.snapshot_and_reset()))
+            if scaler is not None:
+                record.update(loss_scale=scaler.scale_value, skipped_steps=scaler.skipped_steps)
             record["instr_time"] = time.perf_counter() - measure_start
             run.records.append(record)
             for callback in self.callbacks:

@@ -1,0 +1,579 @@
+"""Simulated low-precision number formats, overflow/underflow counting and loss scaling.
+
+The CPU this lab runs on has no fast BF16/FP16/FP8 arithmetic (a BF16 matmul is hundreds of times
+slower than FP32), so narrow formats are *simulated*: values are rounded to the format and kept in
+FP32 ("fake quantisation"). The arithmetic stays FP32; what changes is which values can exist.
+
+Public API
+----------
+``spec(fmt)``
+    A :class:`FormatSpec` with the format's bit layout and range, derived from ``torch.finfo``.
+``quantise(x, fmt, rounding, generator, counter=None, kind="fwd")``
+    Round an FP32 tensor to the values representable in ``fmt`` (result still FP32).
+``quantise_fwd_bwd(x, fwd, bwd, rounding, counter=None, generator=None)``
+    Round the value to ``fwd`` in the forward pass and its gradient to ``bwd`` in the backward pass.
+``OverflowCounter``
+    Per-step counts of underflows (non-zero values rounded to zero) and overflows, forward and backward.
+``LossScaler``
+    No, fixed or dynamic loss scaling (halve on overflow, grow after a run of clean steps).
+``bytes_per_value(fmt)``, ``tensor_bytes_in_format(numel, fmt)``
+    Memory accounting by format: the real saving of narrow formats is here.
+
+Overflow semantics (the same for both rounding modes, and what torch 2.13's casts do)
+------------------------------------------------------------------------------------
+* FP16, BF16 and FP8 E5M2 are IEEE-like: a value whose rounded magnitude exceeds the largest
+  finite value becomes ``±inf``, exactly as ``x.to(torch.float16)`` does.
+* FP8 E4M3 is the OCP "fn" format (finite + NaN only, no infinity). torch's cast to
+  ``float8_e4m3fn`` *saturates*: anything beyond ±448 (including ±inf) becomes ±448, NaN stays NaN.
+  This matches the saturating casts of hardware FP8 training recipes. We keep it, so that the
+  simulated numbers are the ones a cast would produce; but a saturated value is no longer visible
+  as a non-finite value, so :class:`OverflowCounter` counts overflow from the value *before* the
+  range is applied: a finite input is an overflow when its rounded magnitude (on the format's grid,
+  continued beyond the largest exponent) exceeds the format's largest finite value. For
+  round-to-nearest that is ``|x| > FormatSpec.overflow_threshold`` (65504 + 16 for FP16, which rounds
+  up to inf; 448 + 16 = 464 for E4M3, where a tie rounds down to the even 448). For the IEEE-like
+  formats this is exactly "finite ``x`` whose ``q(x)`` is ``±inf``".
+* NaN stays NaN; ``±inf`` stays ``±inf`` (``±448`` for E4M3). Non-finite inputs are never counted
+  as overflows (they were not produced by the rounding).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from labkit.config import LossScaling, NumberFormat, Rounding
+from labkit.models.layers import Ops
+
+__all__ = [
+    "FormatSpec",
+    "LossScaler",
+    "OverflowCounter",
+    "Quantise",
+    "bytes_per_value",
+    "quantise",
+    "quantise_fwd_bwd",
+    "simulated_ops",
+    "spec",
+    "tensor_bytes_in_format",
+]
+
+Kind = Literal["fwd", "bwd"]
+
+_DTYPES: dict[NumberFormat, torch.dtype] = {
+    NumberFormat.FP32: torch.float32,
+    NumberFormat.BF16: torch.bfloat16,
+    NumberFormat.FP16: torch.float16,
+    NumberFormat.FP8_E4M3: torch.float8_e4m3fn,
+    NumberFormat.FP8_E5M2: torch.float8_e5m2,
+}
+
+# Formats whose cast clamps out-of-range values to ±max instead of producing ±inf (no inf encoding).
+_SATURATING = {NumberFormat.FP8_E4M3}
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """Bit layout and range of one number format (all values are exact powers of two or sums of them).
+
+    Attributes:
+        name: the format.
+        bits: storage width in bits.
+        exponent_bits: width of the exponent field.
+        mantissa_bits: stored fraction bits (precision is ``mantissa_bits + 1`` significant bits).
+        max_normal: largest finite value.
+        min_normal: smallest positive normal value (``2**emin``).
+        min_subnormal: smallest positive value (``min_normal * 2**-mantissa_bits``).
+        bytes_per_value: storage size of one value.
+        dtype: the torch dtype that stores the format (and whose cast defines round-to-nearest).
+        saturates: True when out-of-range values become ``±max_normal`` rather than ``±inf``.
+        overflow_threshold: largest FP32 magnitude that round-to-nearest maps to at most
+            ``max_normal``; any finite ``|x|`` above it overflows (to ``±inf``, or saturates).
+    """
+
+    name: NumberFormat
+    bits: int
+    exponent_bits: int
+    mantissa_bits: int
+    max_normal: float
+    min_normal: float
+    min_subnormal: float
+    bytes_per_value: int
+    dtype: torch.dtype
+    saturates: bool
+    overflow_threshold: float
+
+    @property
+    def emin(self) -> int:
+        """Exponent of the smallest normal value: ``min_normal == 2**emin``."""
+        return round(math.log2(self.min_normal))
+
+
+def _build_spec(fmt: NumberFormat) -> FormatSpec:
+    dtype = _DTYPES[fmt]
+    info = torch.finfo(dtype)
+    mantissa_bits = round(-math.log2(info.eps))
+    exponent_bits = info.bits - 1 - mantissa_bits
+    max_normal = float(info.max)
+    # Spacing of the values in the top binade, and whether the largest value has an odd last bit:
+    # IEEE formats (all-ones fraction) round a tie at max + ulp/2 up (overflow); E4M3fn (fraction 110)
+    # rounds it down to max.
+    top_ulp = 2.0 ** (math.floor(math.log2(max_normal)) - mantissa_bits)
+    midpoint = max_normal + top_ulp / 2
+    max_is_odd = round(max_normal / top_ulp) % 2 == 1
+    threshold = _next_float32_down(midpoint) if max_is_odd else midpoint
+    return FormatSpec(
+        name=fmt,
+        bits=info.bits,
+        exponent_bits=exponent_bits,
+        mantissa_bits=mantissa_bits,
+        max_normal=max_normal,
+        min_normal=float(info.smallest_normal),
+        min_subnormal=float(info.smallest_normal) * float(info.eps),
+        bytes_per_value=torch.empty((), dtype=dtype).element_size(),
+        dtype=dtype,
+        saturates=fmt in _SATURATING,
+        overflow_threshold=threshold,
+    )
+
+
+def _next_float32_down(value: float) -> float:
+    """The largest FP32 number strictly below the positive FP32 number ``value``."""
+    t = torch.tensor(value, dtype=torch.float32)
+    return float(torch.nextafter(t, torch.tensor(0.0, dtype=torch.float32)))
+
+
+_SPECS: dict[NumberFormat, FormatSpec] = {fmt: _build_spec(fmt) for fmt in NumberFormat}
+
+
+def spec(fmt: NumberFormat | str) -> FormatSpec:
+    """The :class:`FormatSpec` of ``fmt`` (a :class:`NumberFormat` or its string value)."""
+    return _SPECS[NumberFormat(fmt)]
+
+
+def bytes_per_value(fmt: NumberFormat | str) -> int:
+    """Bytes one value occupies when stored in ``fmt`` (FP32 4, BF16/FP16 2, FP8 1)."""
+    return spec(fmt).bytes_per_value
+
+
+def tensor_bytes_in_format(numel: int, fmt: NumberFormat | str) -> int:
+    """Bytes a tensor of ``numel`` values would occupy if stored in ``fmt``."""
+    if numel < 0:
+        raise ValueError(f"numel must be >= 0, got {numel}")
+    return numel * bytes_per_value(fmt)
+
+
+# ----------------------------------------------------------------------------------------------
+# Counting
+
+
+class OverflowCounter:
+    """Counts, per step, the values that rounding flushed to zero or pushed out of range.
+
+    Keys (forward ``fwd_*`` for activations and weights, backward ``bwd_*`` for gradients):
+
+    * ``*_total``: values quantised to a format other than FP32 (FP32 is not rounded and not counted);
+    * ``*_underflow``: non-zero values that became zero;
+    * ``*_overflow``: finite values whose rounded magnitude exceeds the format's largest finite value
+      (they became ``±inf``, or ``±max`` for the saturating FP8 E4M3; see the module docstring).
+
+    Counts accumulate in 0-d tensors on the tensors' device, so recording never synchronises;
+    :meth:`snapshot_and_reset` converts them to Python ints once per step. Pass ``counter=None``
+    to :func:`quantise` to skip counting entirely.
+    """
+
+    KEYS = ("fwd_total", "fwd_underflow", "fwd_overflow", "bwd_total", "bwd_underflow", "bwd_overflow")
+
+    def __init__(self) -> None:
+        self._totals: dict[Kind, int] = {"fwd": 0, "bwd": 0}
+        self._counts: torch.Tensor | None = None  # int64 [fwd_under, fwd_over, bwd_under, bwd_over]
+
+    def record(self, kind: Kind, numel: int, underflow: torch.Tensor, overflow: torch.Tensor) -> None:
+        """Add one quantisation's counts (0-d integer tensors) for ``kind`` ("fwd" or "bwd")."""
+        if kind not in self._totals:
+            raise ValueError(f"kind must be 'fwd' or 'bwd', got {kind!r}")
+        if self._counts is None:
+            self._counts = torch.zeros(4, dtype=torch.int64, device=underflow.device)
+        offset = 0 if kind == "fwd" else 2
+        self._totals[kind] += numel
+        self._counts[offset].add_(underflow.to(self._counts.device, non_blocking=True))
+        self._counts[offset + 1].add_(overflow.to(self._counts.device, non_blocking=True))
+
+    def snapshot_and_reset(self) -> dict[str, int]:
+        """The counts since the last call, as Python ints (keys in :attr:`KEYS`), then zero them."""
+        counts = [0, 0, 0, 0] if self._counts is None else [int(v) for v in self._counts.tolist()]
+        snapshot = {
+            "fwd_total": self._totals["fwd"],
+            "fwd_underflow": counts[0],
+            "fwd_overflow": counts[1],
+            "bwd_total": self._totals["bwd"],
+            "bwd_underflow": counts[2],
+            "bwd_overflow": counts[3],
+        }
+        self._totals = {"fwd": 0, "bwd": 0}
+        if self._counts is not None:
+            self._counts.zero_()
+        return snapshot
+
+    @staticmethod
+    def fractions(snapshot: dict[str, int]) -> dict[str, float]:
+        """Underflow and overflow fractions of a snapshot (0.0 where nothing was quantised)."""
+        out: dict[str, float] = {}
+        for kind in ("fwd", "bwd"):
+            total = snapshot[f"{kind}_total"]
+            for what in ("underflow", "overflow"):
+                out[f"{kind}_{what}_frac"] = snapshot[f"{kind}_{what}"] / total if total else 0.0
+        return out
+
+
+def _count_overflows(x: torch.Tensor, rounded: torch.Tensor, limit: float) -> torch.Tensor:
+    """Entries with finite ``x`` and ``|rounded| > limit`` (0-d int64 tensor).
+
+    ``rounded`` is ``x`` itself (compared with the round-to-nearest threshold) or the stochastic
+    result on the continued grid (compared with ``max_normal``). A non-finite ``x`` gives a NaN or
+    infinite ``rounded``, counted by the first term and removed by the second; ``rounded`` may also
+    be infinite for a finite ``x`` (BF16 values next to FP32's maximum), which is an overflow.
+
+    Overflows are rare, so on the CPU (where reading a value back costs no device synchronisation)
+    one vectorised min/max reduction rules them out first; on accelerators the count is always
+    computed, and stays on the device.
+    """
+    if rounded.device.type == "cpu" and rounded.numel() > 0:
+        smallest, largest = torch.aminmax(rounded)
+        if -limit <= float(smallest) and float(largest) <= limit:  # False for NaN: counted below
+            return torch.zeros((), dtype=torch.int64)
+    excess = rounded.abs().sub_(limit).clamp_min_(0.0)  # > 0 exactly where |rounded| > limit
+    return torch.count_nonzero(excess) - torch.count_nonzero(x - x)  # x - x is NaN where x is not finite
+
+
+# ----------------------------------------------------------------------------------------------
+# Rounding
+
+_E4M3_DECODE: dict[torch.device, torch.Tensor] = {}
+
+
+def _decode(q: torch.Tensor, fs: FormatSpec) -> torch.Tensor:
+    """Convert a tensor stored in ``fs.dtype`` back to FP32 (exact)."""
+    if fs.name is NumberFormat.FP8_E4M3 and q.device.type == "cpu":
+        # torch 2.13's float8_e4m3fn -> float32 conversion is a slow scalar loop on the CPU
+        # (~5 ms per million values); a 256-entry lookup table gives identical values in ~1 ms.
+        table = _E4M3_DECODE.get(q.device)
+        if table is None:
+            codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+            table = _E4M3_DECODE.setdefault(q.device, codes.view(fs.dtype).to(torch.float32))
+        return table.index_select(0, q.view(torch.uint8).reshape(-1).to(torch.int32)).view(q.shape)
+    return q.to(torch.float32)
+
+
+def _round_nearest(x: torch.Tensor, fs: FormatSpec) -> torch.Tensor:
+    """Round to nearest, ties to even, with the range behaviour of torch's cast."""
+    return _decode(x.to(fs.dtype), fs)
+
+
+def _binade(x: torch.Tensor, fs: FormatSpec, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``2**e`` for each value's binade ``[2**e, 2**(e+1))``, from the FP32 exponent bits.
+
+    Clamped to ``[min_normal, 2**127]``: below ``min_normal`` the format's grid keeps the spacing
+    of its first binade (its subnormals), and inf/NaN get a finite scale so they stay inf/NaN.
+    """
+    bits = torch.bitwise_and(x.view(torch.int32), 0x7F800000, out=None if out is None else out.view(torch.int32))
+    return bits.view(torch.float32).clamp_(fs.min_normal, 2.0**127)
+
+
+def _round_stochastic_magnitude(
+    x: torch.Tensor, fs: FormatSpec, generator: torch.Generator | None
+) -> torch.Tensor:
+    """``|x|`` rounded stochastically onto the format's grid, *without* applying the range limit.
+
+    The grid spacing at ``|x|`` is ``g = binade * 2**-mantissa_bits`` (see :func:`_binade`; below
+    ``min_normal`` it stays at ``min_subnormal``, so the subnormal range needs no special case).
+    With ``y = |x| / g`` (exact: ``g`` is a power of two) the result is ``floor(y) * g`` or
+    ``(floor(y) + 1) * g``, the upper one with probability ``y - floor(y)``, so ``E[q] = |x|``, and
+    after the sign is restored ``E[q(x)] = x``. The uniform draw has 24 random bits, so the round-up
+    probability is exact whenever ``y - floor(y)`` is a multiple of 2**-24: for every FP32 input with
+    ``|x| >= min_subnormal / 2``. Below that (values that become 0 or ``min_subnormal``) it is
+    ``|x| / min_subnormal`` rounded up to a multiple of 2**-24: a bias below ``2**-24 * min_subnormal``.
+
+    Values beyond the largest finite value stay on the continued grid (e.g. 480 for E4M3);
+    :func:`quantise` applies the format's overflow behaviour. Works in place on three buffers
+    (fresh allocations are what costs most on this CPU: page faults).
+    """
+    steps = 2.0**fs.mantissa_bits
+    y = x.abs()
+    scale = _binade(x, fs)
+    y.div_(scale).mul_(steps)  # |x| / g, exact
+    lower = y.floor()  # inf stays inf (floor, not trunc: the same for y >= 0, and vectorised on CPU)
+    frac = y.sub_(lower)  # in [0, 1), exact; NaN for inf/NaN inputs, which then never round up
+    uniform = scale.uniform_(0.0, 1.0, generator=generator)  # the scale's buffer, reused
+    lower.add_(uniform.lt_(frac))  # + 1 with probability frac
+    return lower.div_(steps).mul_(_binade(x, fs, out=frac))  # back to values: frac's buffer, reused
+
+
+def _apply_range_to_magnitude(q_mag: torch.Tensor, fs: FormatSpec) -> torch.Tensor:
+    """Magnitudes beyond ``max_normal`` become ``max_normal`` (saturating format) or inf; in place."""
+    if fs.saturates:
+        return q_mag.clamp_(max=fs.max_normal)  # inf -> max, NaN stays NaN
+    # IEEE-like formats: the grid point after max_normal (all-ones fraction) is 2**(emax + 1). Scaling
+    # by 2**(127 - emax) sends exactly those values past FP32's range to inf and scaling back restores
+    # the rest exactly (powers of two): two cheap passes instead of a compare and a masked fill.
+    shift = 2.0 ** (127 - math.floor(math.log2(fs.max_normal)))
+    return q_mag.mul_(shift).mul_(1.0 / shift)
+
+
+def quantise(
+    x: torch.Tensor,
+    fmt: NumberFormat | str,
+    rounding: Rounding | str = Rounding.NEAREST,
+    generator: torch.Generator | None = None,
+    *,
+    counter: OverflowCounter | None = None,
+    kind: Kind = "fwd",
+) -> torch.Tensor:
+    """Round ``x`` to the values representable in ``fmt``; FP32 in, FP32 out.
+
+    Args:
+        x: an FP32 tensor (any shape, any device).
+        fmt: target format. ``FP32`` returns ``x`` itself (no copy, no work, nothing counted).
+        rounding: ``NEAREST`` rounds to nearest, ties to even, exactly as ``x.to(dtype).float()``
+            (the hardware default); ``STOCHASTIC`` rounds to one of the two neighbouring representable
+            values with probabilities that make ``E[q(x)] == x`` (see :func:`_round_stochastic_magnitude`).
+        generator: random generator for stochastic rounding (the global one when None).
+        counter: if given, underflows and overflows are added to it under ``kind``.
+        kind: ``"fwd"`` (activations/weights) or ``"bwd"`` (gradients), for the counter.
+
+    Returns:
+        A new FP32 tensor holding only values of ``fmt`` (or ``x`` for FP32). Out-of-range values
+        become ±inf (FP16, BF16, E5M2) or saturate to ±448 (E4M3), as torch's casts do; see the module
+        docstring. The operation is not differentiable (use :func:`quantise_fwd_bwd` in models).
+    """
+    fs = spec(fmt)
+    if fs.name is NumberFormat.FP32:
+        return x
+    if x.dtype != torch.float32:
+        raise TypeError(f"quantise expects a float32 tensor, got {x.dtype}")
+    x = x.detach()
+    if Rounding(rounding) is Rounding.NEAREST:
+        q = _round_nearest(x, fs)
+        if counter is not None:
+            overflow = _count_overflows(x, x, fs.overflow_threshold)
+    else:
+        q_mag = _round_stochastic_magnitude(x, fs, generator)
+        if counter is not None:
+            overflow = _count_overflows(x, q_mag, fs.max_normal)
+        q = _apply_range_to_magnitude(q_mag, fs).copysign_(x)
+    if counter is not None:
+        # Rounding maps 0 to 0 and keeps inf/NaN non-zero, so the zeros it adds are the underflows.
+        underflow = torch.count_nonzero(x) - torch.count_nonzero(q)
+        counter.record(kind, x.numel(), underflow, overflow)
+    return q
+
+
+# ----------------------------------------------------------------------------------------------
+# Autograd
+
+
+class Quantise(torch.autograd.Function):
+    """Identity whose forward output is rounded to one format and whose gradient to another.
+
+    ``Quantise.apply(x, fwd, bwd, rounding, counter, generator)``; prefer :func:`quantise_fwd_bwd`.
+    The gradient passes straight through the rounding (the rounding's own derivative, zero almost
+    everywhere, is ignored), then is itself rounded to ``bwd``: this is how the gradient arriving at
+    a matmul's output would be stored in a low-precision backward pass.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        fwd: NumberFormat,
+        bwd: NumberFormat,
+        rounding: Rounding,
+        counter: OverflowCounter | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        ctx.bwd, ctx.rounding, ctx.counter, ctx.generator = bwd, rounding, counter, generator
+        out = quantise(x, fwd, rounding, generator, counter=counter, kind="fwd")
+        return x.view_as(x) if out is x else out  # an alias, not the input itself (autograd rule)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_in = quantise(grad.contiguous(), ctx.bwd, ctx.rounding, ctx.generator, counter=ctx.counter,
+                           kind="bwd")
+        return grad_in, None, None, None, None, None
+
+
+def quantise_fwd_bwd(
+    x: torch.Tensor,
+    fwd: NumberFormat | str,
+    bwd: NumberFormat | str,
+    rounding: Rounding | str = Rounding.NEAREST,
+    counter: OverflowCounter | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Round ``x`` to ``fwd`` in the forward pass and its incoming gradient to ``bwd`` in the backward.
+
+    The gradient that arrives at this point (the gradient of the loss with respect to the returned
+    tensor) is rounded to ``bwd`` and passed on unchanged otherwise. To simulate a low-precision
+    matmul ``y = x @ w`` as FP8 training recipes run it::
+
+        y = quantise_fwd_bwd(x, fmt, FP32) @ quantise_fwd_bwd(w, fmt, FP32)   # inputs in fmt
+        y = quantise_fwd_bwd(y, FP32, grad_fmt)   # dL/dy in grad_fmt, as the backward matmuls read it
+
+    so both backward matmuls (``dL/dx = dL/dy @ w.T`` and ``dL/dw = x.T @ dL/dy``) see ``grad_fmt``
+    gradients and ``fmt`` values. When both formats are FP32, ``x`` itself is returned (no autograd
+    node, no cost); an FP32 side is passed through without rounding or counting.
+    """
+    fwd, bwd, rounding = NumberFormat(fwd), NumberFormat(bwd), Rounding(rounding)
+    if fwd is NumberFormat.FP32 and bwd is NumberFormat.FP32:
+        return x
+    return Quantise.apply(x, fwd, bwd, rounding, counter, generator)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loss scaling
+
+
+class LossScaler:
+    """Loss scaling: multiply the loss before backward, divide the gradients after.
+
+    Small gradients that would underflow a narrow format are lifted into its range by the scale.
+    Modes (:class:`LossScaling`):
+
+    * ``NONE``: scale 1, nothing is divided, no step is skipped (``unscale_`` still reports inf/NaN);
+    * ``FIXED``: a constant scale; a step whose gradients overflowed is skipped, the scale kept;
+    * ``DYNAMIC``: as fixed, but an overflow also multiplies the scale by ``backoff_factor`` (1/2), and
+      ``growth_interval`` consecutive clean steps multiply it by ``growth_factor`` (2).
+
+    With unit scaling (Blake et al. 2023), the point is that *no* loss scaling is needed: every
+    tensor, gradients included, starts near unit scale, centred in the FP16/FP8 range.
+
+    Use, per step::
+
+        loss_value = scaler.scale(loss)
+        loss_value.backward()
+        found_inf = scaler.unscale_(model.parameters())
+        if not scaler.update(found_inf):   # True means "skip this step"
+            optimizer.step()
+    """
+
+    def __init__(
+        self,
+        mode: LossScaling | str = LossScaling.NONE,
+        init_scale: float = 2.0**12,
+        growth_interval: int = 200,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
+    ) -> None:
+        self.mode = LossScaling(mode)
+        if not (math.isfinite(init_scale) and init_scale > 0):
+            raise ValueError(f"init_scale must be a positive finite number, got {init_scale}")
+        if growth_interval < 1:
+            raise ValueError(f"growth_interval must be >= 1, got {growth_interval}")
+        if not growth_factor > 1.0 or not 0.0 < backoff_factor < 1.0:
+            raise ValueError("growth_factor must be > 1 and backoff_factor in (0, 1)")
+        self._scale = 1.0 if self.mode is LossScaling.NONE else float(init_scale)
+        self.growth_interval = growth_interval
+        self.growth_factor = growth_factor
+        self.backoff_factor = backoff_factor
+        self._clean_steps = 0
+        self.skipped_steps = 0  # steps skipped because of an overflow, since construction
+
+    @property
+    def scale_value(self) -> float:
+        """The current loss scale (1.0 when loss scaling is off)."""
+        return self._scale
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss * scale`` (``loss`` itself when loss scaling is off)."""
+        if self.mode is LossScaling.NONE:
+            return loss
+        return loss * self._scale
+
+    def unscale_(self, params: Any) -> bool:
+        """Divide every ``p.grad`` in ``params`` by the scale, in place; True if any is inf/NaN.
+
+        One fused kernel per device both checks and divides, then one host sync reads the flag.
+        With mode ``NONE`` the gradients are only checked.
+        """
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return False
+        by_device: dict[torch.device, list[torch.Tensor]] = {}
+        for g in grads:
+            by_device.setdefault(g.device, []).append(g)
+        flags = []
+        for device, group in by_device.items():
+            found = torch.zeros(1, dtype=torch.float32, device=device)
+            inv_scale = torch.full((1,), 1.0 / self._scale, dtype=torch.float32, device=device)
+            torch._amp_foreach_non_finite_check_and_unscale_(group, found, inv_scale)
+            flags.append(found.to(grads[0].device))
+        return bool(torch.cat(flags).any())
+
+    def update(self, found_inf: bool) -> bool:
+        """Adjust the scale after a step; returns True when the optimizer step must be skipped.
+
+        ``DYNAMIC``: on overflow the scale is multiplied by ``backoff_factor`` and the step skipped;
+        after ``growth_interval`` consecutive clean steps it is multiplied by ``growth_factor``.
+        ``FIXED``: an overflow skips the step; the scale never changes. ``NONE``: never skips.
+        """
+        if self.mode is LossScaling.NONE:
+            return False
+        if found_inf:
+            self.skipped_steps += 1
+            self._clean_steps = 0
+            if self.mode is LossScaling.DYNAMIC:
+                self._scale *= self.backoff_factor
+            return True
+        if self.mode is LossScaling.DYNAMIC:
+            self._clean_steps += 1
+            if self._clean_steps >= self.growth_interval:
+                self._scale *= self.growth_factor
+                self._clean_steps = 0
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        """The scaler's state (for checkpoints and run records)."""
+        return {"mode": self.mode.value, "scale": self._scale, "clean_steps": self._clean_steps,
+                "skipped_steps": self.skipped_steps}
+
+
+# ----------------------------------------------------------------------------------------------
+# Simulating a format in a model
+
+
+def simulated_ops(ops: Ops, fwd: NumberFormat, bwd: NumberFormat, rounding: Rounding = Rounding.NEAREST,
+                  counter: OverflowCounter | None = None, generator: torch.Generator | None = None) -> Ops:
+    """``ops`` with every matmul-like op (linear, readout, embedding, attention, LSTM) run as an FP8
+    training recipe runs it: inputs and weights rounded to ``fwd``, the gradient arriving at the output
+    rounded to ``bwd``. Norms, nonlinearities and the loss stay FP32, as in mixed-precision recipes.
+
+    The fused LSTM rounds its inputs and weights but not its internal recurrent state (the kernel is
+    opaque); the unit-scaled LSTM is made of the table's linear ops and is rounded throughout.
+    """
+
+    def q_in(t: torch.Tensor) -> torch.Tensor:
+        return quantise_fwd_bwd(t, fwd, NumberFormat.FP32, rounding, counter, generator)
+
+    def q_out(t: torch.Tensor) -> torch.Tensor:
+        return quantise_fwd_bwd(t, NumberFormat.FP32, bwd, rounding, counter, generator)
+
+    def matmul(op):
+        def run(x, weight, bias=None):
+            return q_out(op(q_in(x), q_in(weight), bias))
+
+        return run
+
+    def embedding(ids, table):
+        return q_out(ops.embedding(ids, q_in(table)))
+
+    def attention(q, k, v):
+        return q_out(ops.attention(q_in(q), q_in(k), q_in(v)))
+
+    def lstm(x, weights, num_layers, training):
+        return q_out(ops.lstm(q_in(x), [q_in(w) for w in weights], num_layers, training))
+
+    return ops.replace(linear=matmul(ops.linear), readout=matmul(ops.readout), embedding=embedding,
+                       attention=attention, lstm=lstm)
