@@ -154,7 +154,7 @@ class Trainer:
         torch.set_num_threads(cfg.threads)
         device = resolve_device(cfg.device)
         corpus = self.corpus or load_corpus(cfg.corpus, cfg.tokenizer.value, cfg.val_fraction)
-        corpus.get_batch("val", 1, cfg.seq_len, torch.Generator().manual_seed(0))  # fail early if too short
+        corpus.check_seq_len(cfg.seq_len)  # fail before building anything if the text is too short
         vocab = corpus.tokenizer.vocab_size
         run.info["memory_estimate"] = check_memory(cfg, vocab)
 
