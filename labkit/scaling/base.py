@@ -22,8 +22,8 @@ class ScalingMethod:
 
     name: Scaling = Scaling.STANDARD
     summary: str = "PyTorch's default initialisation and parametrisation (the control)."
-    #: Peak learning rate per optimizer at the default model size, found by a sweep (see README).
-    default_lr: Mapping[Optimizer, float] = {Optimizer.ADAMW: 2.0**-8, Optimizer.SGD: 2.0**0}
+    #: Peak learning rate per optimizer at the default model size: the best of a sweep (docs/RESULTS.md).
+    default_lr: Mapping[Optimizer, float] = {Optimizer.ADAMW: 2.0**-7, Optimizer.SGD: 2.0**0}
 
     def ops(self) -> Ops:
         return STANDARD_OPS

@@ -30,7 +30,7 @@ from labkit.scaling.base import ScalingMethod
 class SeedL2Once(ScalingMethod):
     name = Scaling.SEED_L2_ONCE
     summary = "Seed §5: divide every parameter tensor by its L2 norm once, then train normally."
-    default_lr = {Optimizer.ADAMW: 2.0**-8, Optimizer.SGD: 2.0**0}
+    default_lr = {Optimizer.ADAMW: 2.0**-8, Optimizer.SGD: 2.0**1}
 
     def prepare(self, model: nn.Module) -> None:
         with torch.no_grad():
@@ -56,7 +56,7 @@ class UnitNorm(nn.Module):
 class SeedL2Always(ScalingMethod):
     name = Scaling.SEED_L2_ALWAYS
     summary = "Seed §3.2: forward and backward always use w/||w||_2 (a parametrisation, per tensor)."
-    default_lr = {Optimizer.ADAMW: 2.0**-6, Optimizer.SGD: 2.0**0}
+    default_lr = {Optimizer.ADAMW: 2.0**-2, Optimizer.SGD: 2.0**3}
 
     def __init__(self, per_row: bool = False) -> None:
         self.per_row = per_row

@@ -43,7 +43,7 @@ def _readouts(model: nn.Module) -> set[int]:
 class UMuP(Unit):
     name = Scaling.UMUP
     summary = "u-μP (2024): unit scaling + μP learning-rate rules, so the best LR holds across widths."
-    default_lr = {Optimizer.ADAMW: 2.0**0, Optimizer.SGD: 2.0**-2}
+    default_lr = {Optimizer.ADAMW: 2.0**-1, Optimizer.SGD: 2.0**-9}
 
     def ops(self) -> Ops:
         return unit_ops(residual_tau=residual_tau, readout=U.linear_readout)
