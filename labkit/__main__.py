@@ -165,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--json", action="store_true", help="print the table as JSON records")
     runs.add_argument("--runs-dir", default=str(default_runs_dir()), help="folder of saved runs")
     runs.set_defaults(func=cmd_runs)
+
+    from labkit.sweep.cli import add_sweep_command  # imported here: sweep code stays in labkit.sweep
+
+    add_sweep_command(sub)
     return parser
 
 
