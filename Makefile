@@ -25,6 +25,7 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks
 
 test: $(STAMP)
+	$(BIN)/python tests/browser/ensure_chromium.py
 	LABKIT_SMOKE=1 $(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -1,0 +1,162 @@
+"""Fixtures for the real-browser tests: Debian's Chromium driven by Playwright, and servers on 127.0.0.1.
+
+Nothing is downloaded: Playwright drives the system ``chromium`` (``tests/browser/ensure_chromium.py``
+installs it with apt where allowed). Without Chromium or Playwright the tests are skipped with the reason.
+Every server is started in a temporary folder holding a copy of ``panel.ipynb`` (so autosave never touches
+the repository) and is stopped at the end, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+                 "--disable-component-update", "--disable-sync", "--disable-quic", "--disable-dev-shm-usage"]
+
+
+def find_chromium() -> str | None:
+    """Path of the system Chromium, or None."""
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A JupyterLab or Voilà process serving ``root`` on 127.0.0.1 with a random token."""
+
+    def __init__(self, kind: str, root: Path) -> None:
+        self.kind, self.root = kind, root
+        self.port, self.token = free_port(), secrets.token_hex(16)
+        self.log_path = root / f"{kind}.log"
+        env = {**os.environ, "LABKIT_RUNS_DIR": str(root / "runs"), "JUPYTER_CONFIG_DIR": str(root / ".jupyter"),
+               "JUPYTER_RUNTIME_DIR": str(root / ".runtime"), "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces"),
+               "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings"), "PYTHONUNBUFFERED": "1"}
+        if kind == "lab":
+            cmd = [sys.executable, "-m", "jupyter", "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1",
+                   f"--port={self.port}", f"--ServerApp.token={self.token}", "--ServerApp.password=",
+                   f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
+                   "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                   "--LabApp.expose_app_in_browser=True"]
+        else:
+            cmd = [sys.executable, "-m", "voila", str(root / "panel.ipynb"), "--no-browser", f"--port={self.port}",
+                   "--Voila.ip=127.0.0.1", f"--token={self.token}"]
+        self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    @property
+    def url(self) -> str:
+        if self.kind == "lab":
+            return f"http://127.0.0.1:{self.port}/lab/tree/panel.ipynb?token={self.token}"
+        return f"http://127.0.0.1:{self.port}/?token={self.token}"
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=2):
+                    return
+            except urllib.error.HTTPError:
+                return  # it answers (a 403 or 404 from the server still means it is up)
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"{self.kind} not ready after {timeout} s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)  # the server and the kernels it started
+                self.proc.wait(10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    path = find_chromium()
+    if path is None:
+        pytest.skip("no Chromium on PATH: `apt-get install -y chromium` (tests/browser/ensure_chromium.py tries it)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("the playwright Python package is not installed (pip install -e '.[dev]')")
+    return path
+
+
+@pytest.fixture
+def browser_page(chromium: str) -> Iterator:
+    """A fresh Chromium page (1500×2000 viewport, so the whole panel fits in a screenshot)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 2000})
+            yield page
+        finally:
+            browser.close()
+
+
+def _server(kind: str, tmp_path: Path) -> Iterator[Server]:
+    if kind == "lab" and shutil.which("jupyter", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("jupyterlab is not installed next to this Python (pip install -e '.[lab]')")
+    shutil.copy(HERE / "panel.ipynb", tmp_path / "panel.ipynb")
+    server = Server(kind, tmp_path)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def lab_server(tmp_path: Path) -> Iterator[Server]:
+    yield from _server("lab", tmp_path)
+
+
+@pytest.fixture
+def voila_server(tmp_path: Path) -> Iterator[Server]:
+    try:
+        import voila  # noqa: F401
+    except ImportError:
+        pytest.skip("voila is not installed (pip install -e '.[lab]')")
+    yield from _server("voila", tmp_path)
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
