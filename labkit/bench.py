@@ -5,7 +5,8 @@
 2. the machine's FP32 matmul rate (one large ``torch.mm``) and the model's FLOP utilisation;
 3. scaling methods and simulated formats vs ``standard`` FP32 on the same model.
 
-Rounds alternate between the contenders so that a slow spell of the machine hits both alike.
+Contenders alternate (engine vs bare loop by rounds, configs step by step) so that a slow spell of a
+shared machine hits them alike.
 """
 
 from __future__ import annotations
@@ -16,32 +17,48 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from labkit.config import RunConfig
 from labkit.scaling import get_method
 from labkit.train import Trainer, build_for_run, learning_rate, load_corpus, make_optimizer, peak_learning_rate
 
 
-def bare_step_times(config: RunConfig, steps: int) -> list[float]:
-    """A plain PyTorch training loop, nothing measured but the clock: the baseline."""
+def bare_step(config: RunConfig) -> Callable[[], None]:
+    """One training step of ``config``'s model in a plain PyTorch loop (batch, forward, loss, backward,
+    optimizer step), nothing measured: the baseline. Returned as a closure over its model and optimizer."""
     corpus = load_corpus(config.corpus, config.tokenizer.value, config.val_fraction)
-    model, _, method = build_for_run(config, corpus.tokenizer.vocab_size)
+    model, ops, method = build_for_run(config, corpus.tokenizer.vocab_size)
     peak = peak_learning_rate(config, method)
     optimizer = make_optimizer(config, method.param_groups(model, peak, config.optimizer))
     generator = torch.Generator().manual_seed(config.seed + 1)
-    times = []
-    for step in range(1, steps + 1):
-        start = time.perf_counter()
+    step = 0
+
+    def run_step() -> None:
+        nonlocal step
+        step += 1
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, peak, step) * group.get("lr_scale", 1.0)
         x, y = corpus.get_batch("train", config.batch_size, config.seq_len, generator)
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        loss = ops.cross_entropy(model(x).flatten(0, 1), y.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         loss.item()
-        times.append(time.perf_counter() - start)
+
+    return run_step
+
+
+def interleaved_step_times(configs: dict[str, RunConfig], steps: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds per bare step of each config, the configs taking turns step by step in a rotating order, so a
+    busy spell of a shared machine slows all of them alike; ``warmup`` turns are not counted."""
+    functions = {label: bare_step(config) for label, config in configs.items()}
+    labels = list(functions)
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    for turn in range(warmup + steps):
+        for label in labels[turn % len(labels):] + labels[:turn % len(labels)]:
+            elapsed = _timed(functions[label])
+            if turn >= warmup:
+                times[label].append(elapsed)
     return times
 
 
@@ -73,7 +90,8 @@ def compare_engine(config: RunConfig, steps: int, rounds: int) -> dict[str, floa
     engine: list[float] = []
     trainer = None
     for _ in range(rounds):
-        bare += bare_step_times(config, steps)[5:]  # drop warm-up steps
+        step = bare_step(config)
+        bare += [_timed(step) for _ in range(steps)][5:]  # drop warm-up steps
         times, trainer = engine_step_times(config, steps)
         engine += times[5:]
     bare_median, engine_median = statistics.median(bare), statistics.median(engine)
@@ -84,13 +102,9 @@ def compare_engine(config: RunConfig, steps: int, rounds: int) -> dict[str, floa
             "model_flops_per_step": flops, "model_flops_per_s": flops / engine_median}
 
 
-def compare_configs(configs: dict[str, RunConfig], steps: int, rounds: int) -> dict[str, float]:
-    """Median bare-loop step time of each config, in ms (first entry is the reference)."""
-    times: dict[str, list[float]] = {name: [] for name in configs}
-    for _ in range(rounds):
-        for name, config in configs.items():
-            times[name] += bare_step_times(config, steps)[5:]
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+def compare_configs(configs: dict[str, RunConfig], steps: int) -> dict[str, float]:
+    """Median bare step time of each config in ms, measured interleaved (first entry is the reference)."""
+    return {name: 1e3 * statistics.median(t) for name, t in interleaved_step_times(configs, steps).items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
 
     variants = {name: config.replace(**changes) for name, changes in _variants().items()}
     available = {name: c for name, c in variants.items() if _implemented(c)}
-    times = compare_configs(available, args.steps, args.rounds)
+    times = compare_configs(available, args.steps * args.rounds)
     reference = times["standard fp32"]
     print("\n== scaling methods and simulated formats (bare loop, vs standard fp32)")
     for name, ms in times.items():

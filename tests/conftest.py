@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from labkit.config import RunConfig
 
 torch.set_num_threads(1)
+# Notebooks run under nbval in their smoke mode (seconds, same code path) unless a caller asks otherwise;
+# their kernels inherit this environment.
+os.environ.setdefault("LABKIT_SMOKE", "1")
 
 
 def small_config(**overrides) -> RunConfig:
