@@ -297,3 +297,18 @@ def test_lr_transfer_figure_and_live_view_fill_in():
 def test_executor_interface_is_the_same_for_all():
     for executor in (SequentialExecutor(), LocalExecutor(1), DaskExecutor(workers=1)):
         assert isinstance(executor, Executor) and executor.workers == 1 and executor.pending == 0
+
+
+def test_best_lr_of_concatenated_sweep_tables():
+    """Tables of two sweeps joined with pd.concat repeat row labels; the analysis must not care."""
+    import pandas as pd
+
+    from labkit.sweep.analysis import best_lr
+
+    def table(scaling, losses):
+        return pd.DataFrame({"scaling": scaling, "width": 64, "lr": [0.25, 0.5, 1.0], "status": "finished",
+                             "final_val_loss": losses})
+
+    both = pd.concat([table("standard", [2.0, 1.5, 3.0]), table("u-mup", [2.5, 2.0, 1.0])])
+    best = best_lr(both).set_index("scaling")["best_lr"]
+    assert best.to_dict() == {"standard": 0.5, "u-mup": 1.0}

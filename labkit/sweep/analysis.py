@@ -18,7 +18,7 @@ GROUP = ("scaling", "width")
 
 
 def _with_lr(table: pd.DataFrame) -> pd.DataFrame:
-    df = table.copy()
+    df = table.reset_index(drop=True)  # tables of several sweeps, concatenated, repeat row labels
     lr = pd.to_numeric(df["lr"], errors="coerce")
     if "peak_lr" in df:
         lr = lr.fillna(pd.to_numeric(df["peak_lr"], errors="coerce"))
