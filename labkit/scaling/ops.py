@@ -148,17 +148,44 @@ def _log_interpolate(alpha: float, lower: float, upper: float) -> float:
 # Matmuls and lookups
 
 
+class _ScaledLinear(torch.autograd.Function):
+    """``F.linear`` with the output scaled by ``out_scale`` and the gradients of x, W and b by their own scales.
+
+    One node instead of four ``scale_fwd_bwd`` nodes: every scale is folded into the small tensors (the
+    weight, or the weight gradient), so no extra pass over the activations is made in either direction.
+    """
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, out_scale: float, grad_x_scale: float,  # type: ignore[override]
+                grad_w_scale: float) -> Tensor:
+        return F.linear(x, weight * out_scale, None if bias is None else bias * out_scale)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        x, weight, bias, _, ctx.grad_x_scale, ctx.grad_w_scale = inputs
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad @ (weight * ctx.grad_x_scale)
+        rows = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[1]:
+            grad_w = (rows.t() @ x.reshape(-1, x.shape[-1])).mul_(ctx.grad_w_scale)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = rows.sum(0).mul_(ctx.grad_w_scale)
+        return grad_x, grad_w, grad_b, None, None, None
+
+
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, constraint: Constraint,
             output_power: float) -> Tensor:
     fan_out, fan_in = weight.shape
     batch = x.numel() // fan_in
     output_scale, grad_x_scale = _constrain(constraint, fan_in**-output_power, fan_out**-0.5)
-    grad_w_scale = batch**-0.5
-    x = scale_bwd(x, grad_x_scale)
-    weight = scale_bwd(weight, grad_w_scale)
-    if bias is not None:
-        bias = scale_bwd(bias, grad_w_scale)
-    return scale_fwd(F.linear(x, weight, bias), output_scale)
+    return _ScaledLinear.apply(x, weight, bias, output_scale, grad_x_scale, batch**-0.5)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
