@@ -185,6 +185,7 @@ class Trainer:
         self._save()
 
         tokens_per_step = cfg.batch_size * cfg.seq_len
+        model.train()  # validation_loss() switches to eval mode and back; nothing else changes the mode
         for step in range(1, cfg.steps + 1):
             if self._stop.is_set():
                 run.status = RunStatus.STOPPED
@@ -197,7 +198,6 @@ class Trainer:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             x, y = corpus.get_batch("train", cfg.batch_size, cfg.seq_len, batches)
             x, y = x.to(device), y.to(device)
-            model.train()
             sample_scales = cfg.scales_every and (step == 1 or step % cfg.scales_every == 0)
             with scales.recording(step) if sample_scales else contextlib.nullcontext():
                 with memory.activations.track() if record_now else contextlib.nullcontext():
