@@ -61,7 +61,7 @@ def run_config(config: dict[str, Any]) -> Run:
 
     Never raises for a failing run: the Trainer records status ``failed``, the error and its traceback on
     the run, which is returned like any other. (On CUDA the Trainer resets the peak-memory counter at the
-    start of each run, so each run's ``cuda_peak`` is its own even when a worker trains many runs.)
+    start of each run, so each run's ``mem_cuda_peak`` is its own even when a worker trains many runs.)
     """
     from labkit.train import Trainer  # the engine (and torch) load when the first run starts
 
