@@ -169,3 +169,19 @@ def test_standard_real_fp8_trains_with_amax_scaling_and_fails_without():
         final[name] = run.summary()["final_val_loss"]
     assert final["none"] > final["fp32"] + 0.4, final
     assert final["amax"] < final["fp32"] + 0.1, final
+
+
+def test_panel_controls_choose_the_fp8_backend_only_for_fp8_formats():
+    from labkit.ui.controls import Controls
+
+    controls = Controls(RunConfig(), vocab_size=65)
+    assert controls.fp8_backend.disabled and controls.fp8_scaling.disabled  # FP32: nothing to choose
+    controls.format.value = "fp8-e4m3"
+    controls.fp8_backend.value = "real"
+    assert not controls.fp8_scaling.disabled
+    controls.fp8_scaling.value = "amax"
+    assert (controls.config().fp8_backend.value, controls.config().fp8_scaling.value) == ("real", "amax")
+    controls.format.value = "bf16"  # the FP8 choices stay visible but mean nothing: the config is valid
+    assert controls.fp8_backend.disabled and controls.config().fp8_backend.value == "simulated"
+    controls.set_config(RunConfig(format="fp8-e5m2", fp8_backend="real"))
+    assert controls.fp8_backend.value == "real" and not controls.fp8_backend.disabled
