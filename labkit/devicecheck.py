@@ -31,6 +31,8 @@ import torch
 
 from labkit.config import RunConfig
 from labkit.devices import PEAK_FLOPS, peak_flops
+from labkit.fp8 import backend_agreement
+from labkit.runs import Run, RunStatus
 from labkit.train import Trainer
 
 SCALINGS = ("standard", "unit", "u-mup")
@@ -73,11 +75,8 @@ def _config(plan: Plan, **overrides: object) -> RunConfig:
     return RunConfig(**base)
 
 
-def _train(config: RunConfig) -> pd.DataFrame:
-    run = Trainer(config).train()
-    metrics = run.metrics
-    metrics.attrs.update(status=run.status.value, info=run.info)
-    return metrics
+def _train(config: RunConfig) -> Run:
+    return Trainer(config).train()
 
 
 def speed_table(plan: Plan) -> pd.DataFrame:
@@ -86,10 +85,9 @@ def speed_table(plan: Plan) -> pd.DataFrame:
     for precision, fields in (("fp32", {}), ("bf16", {"format": "bf16"}),
                               ("fp8", {"format": "fp8-e4m3", "fp8_backend": "real"})):
         for scaling in SCALINGS:
-            m = _train(_config(plan, scaling=scaling, steps=plan.speed_steps, **fields))
-            timed = m.iloc[len(m) // 4:]
-            step = float(timed["step_time"].median())
-            info = m.attrs["info"]
+            run = _train(_config(plan, scaling=scaling, steps=plan.speed_steps, **fields))
+            m, info = run.metrics, run.info
+            step = float(m["step_time"].iloc[len(m) // 4:].median())  # the first quarter is warm-up
             peak = info.get("peak_flops")
             rows.append({"scaling": scaling, "format": precision, "runs in": info.get("precision"),
                          "step ms": 1e3 * step, "tokens/s": plan.batch_size * plan.seq_len / step,
@@ -102,22 +100,16 @@ def speed_table(plan: Plan) -> pd.DataFrame:
 
 
 def agreement_table(plan: Plan) -> pd.DataFrame:
-    """Real vs simulated FP8: the largest per-step loss difference and the final losses."""
-    rows = []
-    cases = [(s, "none") for s in SCALINGS] + [("standard", "amax")]
-    for scaling, fp8_scaling in cases:
-        common = dict(scaling=scaling, format="fp8-e4m3", steps=plan.agreement_steps)
-        real = _train(_config(plan, fp8_backend="real", fp8_scaling=fp8_scaling, **common))
-        sim = _train(_config(plan, **common)) if fp8_scaling == "none" else None
-        fp32 = _train(_config(plan, scaling=scaling, steps=plan.agreement_steps)) if fp8_scaling == "amax" else None
-        ref = sim if sim is not None else fp32
-        diff = (real["train_loss"].to_numpy() - ref["train_loss"].to_numpy())
-        rows.append({"scaling": scaling, "fp8 scaling": fp8_scaling,
-                     "compared with": "simulated fp8" if sim is not None else "fp32",
-                     "max |Δ loss|": float(abs(diff).max()), "final real": float(real["train_loss"].iloc[-1]),
-                     "final reference": float(ref["train_loss"].iloc[-1]),
-                     "bwd underflow %": 100 * float(real["fmt_underflow_bwd"].sum() / real["fmt_values_bwd"].sum())})
-    return pd.DataFrame(rows)
+    """Real vs simulated FP8 per scaling method (scale 1), and standard with amax scaling vs FP32."""
+    runs = {}
+    for scaling in SCALINGS:
+        fp8 = _config(plan, scaling=scaling, format="fp8-e4m3", steps=plan.agreement_steps)
+        runs[f"{scaling} real"] = _train(fp8.replace(fp8_backend="real"))
+        runs[f"{scaling} simulated"] = _train(fp8)
+    runs["standard real amax"] = _train(fp8.replace(scaling="standard", fp8_backend="real", fp8_scaling="amax"))
+    runs["standard fp32"] = _train(_config(plan, steps=plan.agreement_steps))
+    pairs = [(f"{s} real", f"{s} simulated") for s in SCALINGS] + [("standard real amax", "standard fp32")]
+    return backend_agreement(runs, pairs)
 
 
 def lr_transfer_table(plan: Plan) -> pd.DataFrame:
@@ -127,10 +119,10 @@ def lr_transfer_table(plan: Plan) -> pd.DataFrame:
         for width in plan.lr_widths:
             for log2_lr in grid:
                 heads = max(1, width // 128)
-                m = _train(_config(plan, scaling=scaling, width=width, depth=plan.lr_depth, heads=heads,
-                                   format="bf16", lr=2.0**log2_lr, steps=plan.lr_steps))
-                tail = m["train_loss"].iloc[-10:]
-                loss = float(tail.mean()) if m.attrs["status"] == "finished" else math.inf
+                run = _train(_config(plan, scaling=scaling, width=width, depth=plan.lr_depth, heads=heads,
+                                     format="bf16", lr=2.0**log2_lr, steps=plan.lr_steps))
+                finished = run.status is RunStatus.FINISHED
+                loss = float(run.metrics["train_loss"].iloc[-10:].mean()) if finished else math.inf
                 rows.append({"scaling": scaling, "width": width, "log2 lr": log2_lr, "loss": loss})
     return pd.DataFrame(rows)
 

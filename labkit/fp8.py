@@ -33,9 +33,10 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -44,7 +45,7 @@ from labkit.config import Fp8Scaling, NumberFormat
 from labkit.formats import OverflowCounter, _count_overflows, spec
 from labkit.models.layers import Ops
 
-__all__ = ["FP8_FORMATS", "Fp8Matmul", "cast_to_fp8", "real_fp8_ops", "scaled_matmul"]
+__all__ = ["FP8_FORMATS", "Fp8Matmul", "backend_agreement", "cast_to_fp8", "real_fp8_ops", "scaled_matmul"]
 
 FP8_FORMATS = (NumberFormat.FP8_E4M3, NumberFormat.FP8_E5M2)
 _CUDA_MULTIPLE = 16  # _scaled_mm on CUDA: every dimension a multiple of 16
@@ -204,3 +205,20 @@ def real_fp8_ops(base: Ops, simulated: Ops, kernel: Fp8Matmul) -> Ops:
     """``simulated`` (the simulation of ``base``) with ``base``'s linear and readout ops run in real FP8."""
     return simulated.replace(linear=_fp8_linear_op(base.linear, kernel),
                              readout=_fp8_linear_op(base.readout, kernel))
+
+
+def backend_agreement(runs: Mapping[str, Any], pairs: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """For each ``(run, reference)`` pair of labels in ``runs`` (``Run`` objects): the largest difference of
+    their training losses at the steps both recorded, both final losses, and the share of gradient values
+    the run's FP8 casts flushed to zero. Made for a real-FP8 run beside its simulation (or FP32)."""
+    rows = []
+    for label, reference in pairs:
+        a, b = runs[label].metrics, runs[reference].metrics
+        both = a[["step", "train_loss"]].merge(b[["step", "train_loss"]], on="step", suffixes=("", "_ref"))
+        underflow = (a["fmt_underflow_bwd"].sum() / a["fmt_values_bwd"].sum()) if "fmt_values_bwd" in a else 0.0
+        rows.append({"run": label, "reference": reference,
+                     "max |Δ loss|": float((both["train_loss"] - both["train_loss_ref"]).abs().max()),
+                     "final loss": float(a["train_loss"].iloc[-1]),
+                     "reference final loss": float(b["train_loss"].iloc[-1]),
+                     "grad underflow %": 100 * float(underflow)})
+    return pd.DataFrame(rows)

@@ -33,10 +33,10 @@ def test_devicecheck_cpu_smoke_runs_every_section(capsys):
 
 def test_devicecheck_agreement_table_on_the_cpu():
     table = devicecheck.agreement_table(devicecheck.SMOKE)
-    diff = table.set_index(["scaling", "fp8 scaling"])["max |Δ loss|"]
-    assert diff["standard", "none"] == 0.0  # scale 1: the real products are the simulated ones
-    assert diff["unit", "none"] < 0.05  # measured 0.008 (6 steps, width 32)
-    assert len(table) == 4
+    diff = table.set_index("run")["max |Δ loss|"]
+    assert diff["standard real"] == 0.0  # scale 1: the real products are the simulated ones
+    assert diff["unit real"] < 0.05  # measured 0.008 (6 steps, width 32)
+    assert len(table) == 4 and table["grad underflow %"].between(0, 100).all()
 
 
 def test_best_lrs_picks_the_lowest_loss_per_width():
