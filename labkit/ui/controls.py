@@ -139,7 +139,7 @@ class Controls:
         self.format = widgets.Dropdown(options=FORMAT_CHOICES, value=cfg.format, description="number format",
                                        style=LABEL_STYLE, layout=ROW)
         # FP8 arithmetic: simulated or real (torch._scaled_mm), and the real casts' scaling; FP8 formats only.
-        toggle_style = {**LABEL_STYLE, "button_width": "80px"}
+        toggle_style = {**LABEL_STYLE, "button_width": "95px"}
         self.fp8_backend = widgets.ToggleButtons(options=[(b.value, b) for b in Fp8Backend], value=cfg.fp8_backend,
                                                  description="FP8 backend", style=toggle_style)
         self.fp8_scaling = widgets.ToggleButtons(options=[(s.value, s) for s in Fp8Scaling], value=cfg.fp8_scaling,
