@@ -185,3 +185,10 @@ def test_panel_controls_choose_the_fp8_backend_only_for_fp8_formats():
     assert controls.fp8_backend.disabled and controls.config().fp8_backend.value == "simulated"
     controls.set_config(RunConfig(format="fp8-e5m2", fp8_backend="real"))
     assert controls.fp8_backend.value == "real" and not controls.fp8_backend.disabled
+
+
+def test_fp8_benchmark_measures_both_products():
+    from labkit.bench_fp8 import matmul_rates
+
+    rates = matmul_rates(64)
+    assert set(rates) == {"fp32", "fp8 _scaled_mm"} and all(v > 0 for v in rates.values())
