@@ -193,3 +193,12 @@ def test_fp8_benchmark_measures_both_products():
 
     rates = matmul_rates(64)
     assert set(rates) == {"fp32", "fp8 _scaled_mm"} and all(v > 0 for v in rates.values())
+
+
+@pytest.mark.parametrize("arch", ["transformer", "lstm", "mlp"])
+@pytest.mark.parametrize("scaling", ["standard", "seed-l2-once", "seed-l2-always", "unit", "u-mup"])
+def test_every_model_and_scaling_runs_its_linear_layers_in_real_fp8(make_config, arch, scaling):
+    trainer = Trainer(make_config(arch=arch, scaling=scaling, format="fp8-e4m3", fp8_backend="real", steps=2))
+    run = trainer.train()
+    assert run.status is RunStatus.FINISHED
+    assert run.info["fp8"]["scaled_mm"] > 0 and run.info["precision"] == "fp8"
