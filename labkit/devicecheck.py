@@ -76,7 +76,18 @@ def _config(plan: Plan, **overrides: object) -> RunConfig:
 
 
 def _train(config: RunConfig) -> Run:
-    return Trainer(config).train()
+    """Train one run; a run that fails is reported and returned (status ``failed``), so the check goes on."""
+    trainer = Trainer(config)
+    try:
+        trainer.train()
+    except Exception as exc:  # recorded on trainer.run by the Trainer
+        print(f"  a run failed ({config.scaling.value}, {config.format.value}, width {config.width}): "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    return trainer.run
+
+
+def _finished(run: Run) -> bool:
+    return run.status is RunStatus.FINISHED and not run.metrics.empty
 
 
 def speed_table(plan: Plan) -> pd.DataFrame:
@@ -91,6 +102,9 @@ def speed_table(plan: Plan) -> pd.DataFrame:
                               ("fp8", {"format": "fp8-e4m3", "fp8_backend": "real"})):
         for scaling in SCALINGS:
             run = _train(_config(plan, scaling=scaling, steps=plan.speed_steps, **fields))
+            if not _finished(run):
+                rows.append({"scaling": scaling, "format": precision, "runs in": f"{run.status.value}: {run.error}"})
+                continue
             m, info = run.metrics, run.info
             step = float(m["step_time"].iloc[len(m) // 4:].median())  # the first quarter is warm-up
             peak = info.get("peak_flops")
@@ -114,7 +128,11 @@ def agreement_table(plan: Plan) -> pd.DataFrame:
     runs["standard real amax"] = _train(fp8.replace(scaling="standard", fp8_backend="real", fp8_scaling="amax"))
     runs["standard fp32"] = _train(_config(plan, steps=plan.agreement_steps))
     pairs = [(f"{s} real", f"{s} simulated") for s in SCALINGS] + [("standard real amax", "standard fp32")]
-    return backend_agreement(runs, pairs)
+    ok = [(a, b) for a, b in pairs if _finished(runs[a]) and _finished(runs[b])]
+    table = backend_agreement(runs, ok)
+    failed = [{"run": a, "reference": b, "failed": runs[a].error or runs[b].error}
+              for a, b in pairs if (a, b) not in ok]
+    return pd.concat([table, pd.DataFrame(failed)], ignore_index=True) if failed else table
 
 
 def lr_transfer_table(plan: Plan) -> pd.DataFrame:
@@ -126,14 +144,17 @@ def lr_transfer_table(plan: Plan) -> pd.DataFrame:
                 heads = max(1, width // 128)
                 run = _train(_config(plan, scaling=scaling, width=width, depth=plan.lr_depth, heads=heads,
                                      format="bf16", lr=2.0**log2_lr, steps=plan.lr_steps))
-                finished = run.status is RunStatus.FINISHED
-                loss = float(run.metrics["train_loss"].iloc[-10:].mean()) if finished else math.inf
+                if _finished(run):
+                    loss = float(run.metrics["train_loss"].iloc[-10:].mean())
+                else:  # diverged: worse than any run that finished; failed: unknown
+                    loss = math.inf if run.status is RunStatus.DIVERGED else math.nan
                 rows.append({"scaling": scaling, "width": width, "log2 lr": log2_lr, "loss": loss})
     return pd.DataFrame(rows)
 
 
 def best_lrs(table: pd.DataFrame) -> pd.DataFrame:
     """The log2 learning rate with the lowest loss, per method (rows) and width (columns)."""
+    table = table.dropna(subset=["loss"])
     best = table.loc[table.groupby(["scaling", "width"])["loss"].idxmin()]
     return best.pivot(index="scaling", columns="width", values="log2 lr")
 

@@ -103,3 +103,20 @@ def test_gpu_executor_has_one_worker_per_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     with pytest.raises(ConfigError, match="one worker per CUDA GPU"):
         make_executor("gpu")
+
+
+def test_devicecheck_reports_a_failing_run_and_goes_on(monkeypatch, capsys):
+    class FailingFp8(Trainer):
+        def _train(self):
+            if self.config.fp8_backend.value == "real":
+                raise RuntimeError("no FP8 here")
+            return super()._train()
+
+    monkeypatch.setattr(devicecheck, "Trainer", FailingFp8)
+    speed = devicecheck.speed_table(devicecheck.SMOKE)
+    failed = speed[speed["format"] == "fp8"]
+    assert len(failed) == 3 and failed["runs in"].str.contains("no FP8 here").all()
+    assert speed[speed["format"] == "fp32"]["step ms"].gt(0).all()
+    agreement = devicecheck.agreement_table(devicecheck.SMOKE)
+    assert agreement["failed"].notna().sum() == 4  # every pair has a real run
+    assert "a run failed" in capsys.readouterr().err
