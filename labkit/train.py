@@ -30,6 +30,7 @@ from torch import nn
 from labkit.build import ResourceError, build_for_run, load_corpus, resolve_device
 from labkit.config import LossScaling, NumberFormat, Optimizer, RunConfig, Schedule
 from labkit.data import Corpus
+from labkit.devices import autocast, autocast_dtype, compute_precision, peak_flops
 from labkit.formats import LossScaler, OverflowCounter, bytes_per_value
 from labkit.instrument import MemoryMeter, NormMeter, flops_per_step
 from labkit.models import build_model, count_parameters
@@ -159,8 +160,9 @@ class Trainer:
         run.info["memory_estimate"] = check_memory(cfg, vocab)
 
         simulated = cfg.format is not NumberFormat.FP32 or cfg.effective_grad_format is not NumberFormat.FP32
+        simulated = simulated and autocast_dtype(cfg, device) is None  # BF16 on CUDA is real (autocast)
         counter = OverflowCounter() if simulated else None
-        model, ops, method = build_for_run(cfg, vocab, counter)
+        model, ops, method = build_for_run(cfg, vocab, counter, device)
         peak_lr = peak_learning_rate(cfg, method)
         model.to(device)
         if device.type == "cuda":
@@ -175,6 +177,11 @@ class Trainer:
         run.info["flops_per_step"] = flops_per_step(model, sample.to(device), ops.cross_entropy)
         if counter is not None:
             counter.snapshot_and_reset()  # forget the FLOP count's pass
+        precision = compute_precision(cfg, device)
+        peak = peak_flops(device, precision)
+        run.info.update(precision=precision, peak_flops=peak)
+        if getattr(model, "fp8_kernel", None) is not None:
+            run.info["fp8"] = model.fp8_kernel.stats  # _scaled_mm calls and FP32 fallbacks, updated live
         self.model, self.optimizer, self.ops = model, optimizer, ops
         value_bytes = ({"params": bytes_per_value(cfg.format), "activations": bytes_per_value(cfg.format),
                         "grads": bytes_per_value(cfg.effective_grad_format)} if simulated else None)
@@ -200,7 +207,7 @@ class Trainer:
             x, y = x.to(device), y.to(device)
             sample_scales = cfg.scales_every and (step == 1 or step % cfg.scales_every == 0)
             with scales.recording(step) if sample_scales else contextlib.nullcontext():
-                with memory.activations.track() if record_now else contextlib.nullcontext():
+                with memory.activations.track() if record_now else contextlib.nullcontext(), autocast(cfg, device):
                     logits = model(x)
                     loss = ops.cross_entropy(logits.flatten(0, 1), y.flatten())
                 loss_value = loss.item()
@@ -217,12 +224,16 @@ class Trainer:
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
             if not skip:
                 optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the step's kernels are queued: time them, not their launch
             step_time = time.perf_counter() - start
             if not record_now:
                 continue
             record = {"step": step, "tokens": step * tokens_per_step, "train_loss": loss_value,
                       "val_loss": self.validation_loss(model, corpus, device) if evaluate else math.nan,
                       "lr": lr, "step_time": step_time, "tokens_per_s": tokens_per_step / step_time}
+            if peak:  # model FLOP utilisation against the device's peak in the run's precision
+                record["mfu"] = run.info["flops_per_step"] / step_time / peak
             measure_start = time.perf_counter()
             record.update(norms.measure())
             record.update(memory.measure())
@@ -247,7 +258,8 @@ class Trainer:
         total = 0.0
         for _ in range(cfg.eval_batches):
             x, y = corpus.get_batch("val", cfg.batch_size, cfg.seq_len, generator)
-            logits = model(x.to(device))
+            with autocast(cfg, device):
+                logits = model(x.to(device))
             total += F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten()).item()
         model.train()
         return total / cfg.eval_batches

@@ -170,44 +170,47 @@ class _ScaledLinear(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, weight = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad @ (weight * ctx.grad_x_scale)
+        if ctx.needs_input_grad[0]:  # .to(): a no-op, except under autocast (bf16 grad, FP32 weight)
+            grad_x = grad @ (weight * ctx.grad_x_scale).to(grad.dtype)
         rows = grad.reshape(-1, grad.shape[-1])
         if ctx.needs_input_grad[1]:
-            grad_w = (rows.t() @ x.reshape(-1, x.shape[-1])).mul_(ctx.grad_w_scale)
+            grad_w = (rows.t() @ x.reshape(-1, x.shape[-1]).to(grad.dtype)).mul_(ctx.grad_w_scale)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = rows.sum(0).mul_(ctx.grad_w_scale)
         return grad_x, grad_w, grad_b, None, None, None
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, constraint: Constraint,
-            output_power: float) -> Tensor:
+            output_power: float, kernel: Any = None) -> Tensor:
     fan_out, fan_in = weight.shape
     batch = x.numel() // fan_in
     output_scale, grad_x_scale = _constrain(constraint, fan_in**-output_power, fan_out**-0.5)
+    if kernel is not None:  # real FP8 (labkit.fp8.Fp8Matmul): the same scales, applied after the FP8 matmuls
+        return kernel.linear(x, weight, bias, output_scale, grad_x_scale, batch**-0.5)
     return _ScaledLinear.apply(x, weight, bias, output_scale, grad_x_scale, batch**-0.5)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
-           constraint: Constraint = Constraint.TO_OUTPUT_SCALE) -> Tensor:
+           constraint: Constraint = Constraint.TO_OUTPUT_SCALE, kernel: Any = None) -> Tensor:
     """``Y = X W^T + b``. fwd: × fan_in^-1/2 (bias included); bwd: grad_x × fan_out^-1/2, grad_w and
     grad_b × batch^-1/2, where batch = ``x.numel() // fan_in``; then ``constraint`` ties output and grad_x.
 
     With the default ``TO_OUTPUT_SCALE`` grad_x is scaled by fan_in^-1/2 too (unit only if fan_in ≈
-    fan_out; off by sqrt(fan_out / fan_in) otherwise).
+    fan_out; off by sqrt(fan_out / fan_in) otherwise). ``kernel``: a ``labkit.fp8.Fp8Matmul`` runs the
+    matmuls in real FP8 (tensors cast before the scales are applied); None: FP32.
     """
-    return _linear(x, weight, bias, constraint, 0.5)
+    return _linear(x, weight, bias, constraint, 0.5, kernel)
 
 
 def linear_readout(x: Tensor, weight: Tensor, bias: Tensor | None = None,
-                   constraint: Constraint = Constraint.NONE) -> Tensor:
+                   constraint: Constraint = Constraint.NONE, kernel: Any = None) -> Tensor:
     """Final projection to logits (μP-style). fwd: × 1/fan_in; bwd: grad_x × fan_out^-1/2, grad_w and
     grad_b × batch^-1/2; unconstrained by default, as Graphcore's ``linear_readout``.
 
     So at init the logits have RMS ≈ fan_in^-1/2 (small: the softmax starts near uniform) while the
-    gradient of ``x`` is unit scale.
+    gradient of ``x`` is unit scale. ``kernel``: as for :func:`linear`.
     """
-    return _linear(x, weight, bias, constraint, 1.0)
+    return _linear(x, weight, bias, constraint, 1.0, kernel)
 
 
 def embedding(ids: Tensor, weight: Tensor, padding_idx: int | None = None) -> Tensor:

@@ -48,11 +48,11 @@ def lstm(x: Tensor, weights: Sequence[Tensor], num_layers: int, training: bool) 
     return x
 
 
-def readout(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+def readout(x: Tensor, weight: Tensor, bias: Tensor | None = None, kernel: object = None) -> Tensor:
     """The final projection to logits, as in the 2023 paper: fwd × fan_in^-1/2, grad_x × fan_out^-1/2,
     unconstrained. The input gradient then differs from the true one by the constant (fan_in/fan_out)^1/2,
     a uniform rescaling of every earlier gradient (a built-in loss scale), not a change of direction."""
-    return U.linear(x, weight, bias, constraint=U.Constraint.NONE)
+    return U.linear(x, weight, bias, constraint=U.Constraint.NONE, kernel=kernel)
 
 
 def unit_ops(residual_tau=fixed_residual_tau, readout=readout) -> Ops:

@@ -60,7 +60,8 @@ def add_sweep_command(subparsers: Any) -> None:
                            metavar="VALUES", help=f"{field.metadata.get('help', '')} (default: {shown})")
     options = parser.add_argument_group("sweep")
     options.add_argument("--executor", default="local",
-                         help="sequential, local (worker processes, default), dask (a local Dask cluster), "
+                         help="sequential, local (worker processes, default), gpu (one worker per CUDA GPU; "
+                              "sweep --device cuda), dask (a local Dask cluster), "
                               "or a Dask scheduler address such as tcp://10.0.0.5:8786")
     options.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     options.add_argument("--name", default=None, help="sweep name (default: derived from the grid)")

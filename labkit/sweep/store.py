@@ -64,8 +64,8 @@ def summarize(run: Run) -> dict[str, Any]:
         out[name] = run.info.get(name)
     out["device_used"] = run.info.get("device")  # what device="auto" resolved to
     metrics = run.metrics
-    if "cuda_peak" in metrics and metrics["cuda_peak"].notna().any():
-        out["peak_cuda_mem"] = int(metrics["cuda_peak"].max())
+    if "mem_cuda_peak" in metrics and metrics["mem_cuda_peak"].notna().any():
+        out["peak_cuda_mem"] = int(metrics["mem_cuda_peak"].max())
     return {k: _finite_or_none(v) for k, v in out.items()}
 
 
