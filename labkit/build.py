@@ -37,18 +37,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_for_run(config: RunConfig, vocab_size: int, counter: OverflowCounter | None = None
-                  ) -> tuple[nn.Module, Ops, ScalingMethod]:
+def rounding_generator(config: RunConfig) -> torch.Generator:
+    """The seeded generator of a run's stochastic rounding (a checkpoint saves its state)."""
+    return torch.Generator().manual_seed(config.seed + 3)
+
+
+def build_for_run(config: RunConfig, vocab_size: int, counter: OverflowCounter | None = None,
+                  generator: torch.Generator | None = None) -> tuple[nn.Module, Ops, ScalingMethod]:
     """The seeded, prepared model of a run, the ops it computes with, and its scaling method.
 
     A narrow ``config.format`` wraps the scaling method's ops so that matmul inputs are rounded to it
-    (and gradients to ``config.effective_grad_format``); ``counter`` then counts under/overflows.
+    (and gradients to ``config.effective_grad_format``); ``counter`` then counts under/overflows, and
+    ``generator`` (default: :func:`rounding_generator`) draws stochastic roundings.
     """
     method = get_method(config.scaling)
     ops = method.ops()
     fwd, bwd = config.format, config.effective_grad_format
     if fwd is not NumberFormat.FP32 or bwd is not NumberFormat.FP32:
-        generator = torch.Generator().manual_seed(config.seed + 3)  # stochastic rounding, reproducible
+        generator = generator if generator is not None else rounding_generator(config)
         ops = simulated_ops(ops, fwd, bwd, config.rounding, counter, generator)
     torch.manual_seed(config.seed)
     model = build_model(config.model_config(vocab_size), ops)
