@@ -418,17 +418,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="print the run's summary as one JSON object")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--runs-dir", **runs_dir)
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=cmd_train, parser=train)
 
     runs = sub.add_parser("runs", help="list saved runs (status, steps done/planned, losses)")
     runs.add_argument("--json", action="store_true", help="print the table as JSON records")
     runs.add_argument("--runs-dir", **runs_dir)
-    runs.set_defaults(func=cmd_runs)
+    runs.set_defaults(func=cmd_runs, parser=runs)
 
     scales = sub.add_parser("scales", help="per-layer RMS of activations, gradients and weights at initialisation")
     add_config_options(scales)
     scales.add_argument("--json", action="store_true", help="print the table as JSON records")
-    scales.set_defaults(func=cmd_scales)
+    scales.set_defaults(func=cmd_scales, parser=scales)
 
     sweep = sub.add_parser("sweep", help="train a grid of runs in parallel, save each, resume where it stopped",
                            description=SWEEP_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -446,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_argument("--runs-dir", **runs_dir)
     options.add_argument("--json", action="store_true", help="print the result table as JSON records")
     options.add_argument("--quiet", action="store_true", help="no progress bar")
-    sweep.set_defaults(func=cmd_sweep)
+    sweep.set_defaults(func=cmd_sweep, parser=sweep)
 
     sample = sub.add_parser("sample", help="continue a prompt with the model of a saved run")
     sample.add_argument("--run", required=True, metavar="RUN_ID", help="the run whose checkpoint to load")
@@ -455,13 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=parse_number, default=1.0, help="softmax temperature (> 0)")
     sample.add_argument("--seed", type=parse_int, default=0, help="seed of the sampling")
     sample.add_argument("--runs-dir", **runs_dir)
-    sample.set_defaults(func=cmd_sample)
+    sample.set_defaults(func=cmd_sample, parser=sample)
 
     for name, (module_name, help_text) in MODULE_COMMANDS.items():
         if importlib.util.find_spec(module_name) is not None:
             command = sub.add_parser(name, help=help_text, add_help=False)
             command.add_argument("rest", nargs=argparse.REMAINDER)
-            command.set_defaults(func=_module_command(module_name))
+            command.set_defaults(func=_module_command(module_name), parser=command)
     return parser
 
 
@@ -475,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as exc:
-        parser.error(str(exc))
+        args.parser.error(str(exc))  # the command's own usage line
     except (ResourceError, CorpusError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labkit.__main__ import main
+from labkit.cli import main
 from labkit.config import ConfigError, RunConfig
 from labkit.runs import RunStatus, RunStore
 from labkit.sweep import (
@@ -65,7 +65,7 @@ def test_grid_order_keys_and_ranges():
     assert config_key(configs[0]) == config_key(RunConfig.from_dict(configs[0].to_dict()))  # stable
     assert len({config_key(c) for c in configs}) == len(configs)
     assert doubling(2**-10, 2**0) == [2.0**k for k in range(-10, 1)]
-    from labkit.__main__ import parse_number
+    from labkit.cli import parse_number
 
     assert parse_values("2**-3..2**-1,1", parse_number) == [0.125, 0.25, 0.5, 1.0]
     assert parse_values("32..128", int) == [32, 64, 128]
