@@ -52,5 +52,5 @@ def check_time(config: RunConfig, vocab_size: int, device: str = "cpu") -> float
             f"{config.arch.value} with width={config.width}, depth={config.depth}, batch_size={config.batch_size} "
             f"× seq_len={config.seq_len} would take about {step:,.0f} s per step ({total_hours:,.1f} h for "
             f"{config.steps:,} steps) on {device}; the limit is {MAX_STEP_SECONDS:.0f} s per step and "
-            f"{MAX_RUN_HOURS:.0f} h per run. Reduce depth, width, seq_len, batch size or steps")
+            f"{MAX_RUN_HOURS:.0f} h per run; reduce width, depth, seq_len, batch size or steps")
     return step

@@ -200,7 +200,7 @@ def format_value(key: str, value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        return f"{value:.4f}" if "loss" in key else f"{value:.4g}"
+        return f"{value:.4f}" if "loss" in key and abs(value) < 1e4 else f"{value:.4g}"
     return str(value)
 
 
@@ -216,7 +216,7 @@ def format_age(seconds: float | None) -> str:
 def print_summary(run: Run, store: RunStore | None) -> None:
     summary = run.summary()
     for key, value in summary.items():
-        if key == "error" and not value:
+        if (key == "error" and not value) or key == "steps_planned":
             continue
         shown = value if key in ("error", "status", "run_id") else format_value(key, value)
         if key == "steps":
@@ -238,19 +238,28 @@ def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
 # --- commands -----------------------------------------------------------------------------------------------
 
 
-def _progress_callback(total: int, start: int = 0) -> tuple[Callable[[Run, dict], None], Any]:
-    from tqdm import tqdm
+class _Progress:
+    """A tqdm bar over steps, opened at the first record (a run refused before training shows none)."""
 
-    bar = tqdm(total=total, initial=start, unit="step", file=sys.stderr, dynamic_ncols=True)
+    def __init__(self, total: int) -> None:
+        self.total, self.bar = total, None
 
-    def update(run: Run, record: dict) -> None:
+    def __call__(self, run: Run, record: dict) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=self.total, initial=int(record["step"]) - 1, unit="step", file=sys.stderr,
+                            dynamic_ncols=True)
+        bar = self.bar
         bar.update(int(record["step"]) - bar.n)
         postfix = {"loss": f"{record['train_loss']:.3f}", "tok/s": f"{record['tokens_per_s']:.0f}"}
         if not math.isnan(record.get("val_loss", math.nan)):
             postfix["val"] = f"{record['val_loss']:.3f}"
         bar.set_postfix(postfix, refresh=False)
 
-    return update, bar
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 RESUME_OPTIONS = {"steps", "threads"}  # what --resume may change; everything else is the saved run's
@@ -268,23 +277,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer.resuming(args.resume, store=store, **given_fields(args))
     else:
         trainer = Trainer(config_from_args(args), store=store)
-    bar = None
+    progress = _Progress(trainer.config.steps)
     if not args.quiet:
-        progress, bar = _progress_callback(trainer.config.steps, trainer.run.last_step)
         trainer.callbacks.append(progress)
     try:
         run = trainer.train()
     except Exception as exc:
-        if bar is not None:
-            bar.close()
+        progress.close()
+        print(f"error: {exc}", file=sys.stderr)
         if not trainer.started:  # refused before training: nothing was saved, nothing to summarise
-            print(f"error: {exc}", file=sys.stderr)
             return 2
         run = trainer.run
-        print(f"error: {exc}", file=sys.stderr)
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     if args.json:
         print(json.dumps({k: _json_safe(v) for k, v in run.summary().items()}))
     else:
@@ -405,8 +410,15 @@ same sweep (on one runs folder) share the grid: each claims configs in the sweep
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad input is one line: the problem and where to look, without the (long) usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m labkit", description=DESCRIPTION)
+    parser = _Parser(prog="python -m labkit", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     runs_dir = {"default": str(default_runs_dir()), "help": "folder of saved runs (default: $LABKIT_RUNS_DIR or runs/)"}
 
