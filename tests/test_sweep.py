@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -312,3 +313,74 @@ def test_best_lr_of_concatenated_sweep_tables():
     both = pd.concat([table("standard", [2.0, 1.5, 3.0]), table("u-mup", [2.5, 2.0, 1.0])])
     best = best_lr(both).set_index("scaling")["best_lr"]
     assert best.to_dict() == {"standard": 0.5, "u-mup": 1.0}
+
+
+# --- drivers sharing a sweep --------------------------------------------------------------------------------
+
+SHARED_SWEEP = ["sweep", "--width", "32", "--heads", "2", "--depth", "1", "--seq-len", "32", "--batch-size", "8",
+                "--lr", "2**-10..2**-3", "--steps", "150", "--eval-every", "75", "--eval-batches", "2",
+                "--name", "shared", "--quiet", "--json"]
+
+
+def test_two_drivers_train_each_config_exactly_once(tmp_path):
+    command = [sys.executable, "-m", "labkit", *SHARED_SWEEP, "--executor", "sequential", "--runs-dir", str(tmp_path)]
+    drivers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    outputs = [d.communicate(timeout=600) for d in drivers]
+    assert [d.returncode for d in drivers] == [0, 0], [err for _, err in outputs]
+    store = RunStore(tmp_path)
+    table = load_sweep("shared", tmp_path)
+    assert len(table) == 8 and (table["status"] == "finished").all() and (table["attempts"] == 1).all()
+    assert len(store.ids()) == 8 and sorted(store.ids()) == sorted(table["run_id"])  # 8 trainings, not 16
+    assert table["worker"].nunique() == 2  # both drivers trained some
+    for out, _ in outputs:  # each driver waited for the other and reports the whole grid
+        assert all(row["status"] == "finished" for row in json.loads(out))
+
+
+def test_claims_are_exclusive_and_a_dead_drivers_claims_lapse(tmp_path):
+    from labkit.sweep.store import SweepIndex
+
+    configs = small_grid()
+    keys = [config_key(c) for c in configs]
+    index = SweepIndex(tmp_path)
+    index.add("s", configs)
+    since = time.time() + 1
+    a = index.claim("s", "driver-a", keys, 2, lease=1.0, since=since)
+    b = index.claim("s", "driver-b", keys, 10, lease=60.0, since=since)
+    assert [k for k, _ in a] == keys[:2] and [k for k, _ in b] == keys[2:]
+    assert index.claim("s", "driver-c", keys, 10, lease=60.0, since=since) == []
+    assert index.claimed_by_others("s", "driver-c", keys) == 6
+    time.sleep(1.2)  # driver-a died: no renewal
+    assert [k for k, _ in index.claim("s", "driver-c", keys, 10, lease=60.0, since=since)] == keys[:2]
+    index.release("s", "driver-b")
+    assert [k for k, _ in index.claim("s", "driver-c", keys, 10, lease=60.0, since=since)] == keys[2:]
+
+
+def test_bad_executor_or_workers_register_nothing(tmp_path):
+    for executor, workers in (("foo", None), ("local", 0), ("dask", 0)):
+        with pytest.raises(ConfigError):
+            Sweep(small_grid(), "phantom", root=tmp_path).run(executor, workers=workers, progress=False)
+    assert not (tmp_path / "sweeps.sqlite").exists()
+
+
+def test_killed_driver_stops_its_workers(tmp_path):
+    import psutil
+
+    command = [sys.executable, "-m", "labkit", *SHARED_SWEEP, "--steps", "100000", "--eval-every", "100000",
+               "--executor", "local", "--workers", "1", "--runs-dir", str(tmp_path)]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        parent = psutil.Process(driver.pid)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            busy = [p for p in parent.children(recursive=True) if p.cpu_percent(interval=0.5) > 50]
+            if busy:
+                break
+        assert busy, "no worker started training"
+        descendants = parent.children(recursive=True)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    gone, alive = psutil.wait_procs(descendants, timeout=15)
+    for process in alive:  # do not leave them behind if the test fails
+        process.kill()
+    assert not alive, f"{len(alive)} worker processes still running after their driver was killed"
