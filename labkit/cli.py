@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import json
 import math
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -280,6 +281,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     progress = _Progress(trainer.config.steps)
     if not args.quiet:
         trainer.callbacks.append(progress)
+    previous_handler = signal.signal(signal.SIGINT, _stop_on_ctrl_c(trainer))
     try:
         run = trainer.train()
     except Exception as exc:
@@ -289,6 +291,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 2
         run = trainer.run
     finally:
+        signal.signal(signal.SIGINT, previous_handler)
         progress.close()
     if args.json:
         print(json.dumps({k: _json_safe(v) for k, v in run.summary().items()}))
@@ -297,6 +300,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     if trainer.interrupted:
         return 130
     return 0 if run.status.value in ("finished", "stopped") else 1
+
+
+def _stop_on_ctrl_c(trainer: Any) -> Callable[[int, Any], None]:
+    """A SIGINT handler: the first Ctrl-C stops the run cleanly after the current step (saved, checkpointed,
+    exit status 130); a second one interrupts at once."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.interrupted = True
+        trainer.stop()
+        print("\nstopping after this step (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    return handler
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

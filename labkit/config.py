@@ -1,8 +1,10 @@
 """Typed configuration for a run: what to train, how, and how to measure it.
 
-Every choice is an enum validated when the config is built, so a typo fails at once with a message
-listing the valid names, never halfway through a run. ``RunConfig`` is flat on purpose: each field
-is one command-line option (see ``labkit.__main__``) and one widget in the lab.
+Every field is checked when the config is built (type, finite, in range: see ``LIMITS``), so a typo or an
+absurd value fails at once with a message naming the field and the fix, never halfway through a run; the
+panel, the command line, the Python API and sweeps all build a ``RunConfig``, so they share the checks.
+``RunConfig`` is flat on purpose: each field is one command-line option (see ``labkit.cli``) and one widget
+in the lab.
 """
 
 from __future__ import annotations
@@ -104,7 +106,8 @@ class RunConfig:
     """Everything that defines a run. Fields double as CLI options (``--field-name``).
 
     ``lr=None`` means "the scaling method's default for this optimizer" (see ``labkit.scaling``).
-    String values for the enum fields are accepted and converted; invalid ones raise ``ConfigError``.
+    Strings are accepted for every field (``"lstm"``, ``"3e-3"``, ``"none"``) and converted; a bool where a
+    number is meant, a non-finite or out-of-range value raises ``ConfigError`` naming the field and the fix.
     """
 
     # What to train
@@ -158,7 +161,7 @@ class RunConfig:
     def _validate(self) -> None:
         """Checks that involve more than one field (each field on its own is checked by ``_check_field``)."""
         if self.arch is Arch.TRANSFORMER and self.width % self.heads:
-            raise ConfigError(f"heads must divide width: width={self.width}, heads={self.heads}; "
+            raise ConfigError(f"heads must be positive and divide width: width={self.width}, heads={self.heads}; "
                               f"pick heads from {_divisors(self.width)}")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
@@ -237,10 +240,16 @@ class Limits:
     low_open: bool = False
     high_open: bool = False
 
-    def describe(self) -> str:
-        low = f"> {_fmt(self.low)}" if self.low_open else f">= {_fmt(self.low)}"
+    def describe(self, integer: bool) -> str:
+        """``a positive integer <= 300``, ``a number >= 0.5 and < 1``, ..."""
+        kind = "integer" if integer else "number"
         high = f"< {_fmt(self.high)}" if self.high_open else f"<= {_fmt(self.high)}"
-        return f"{low} and {high}"
+        if self.low == 0 and self.low_open or integer and self.low == 1 and not self.low_open:
+            return f"a positive {kind} {high}"
+        if self.low == 0:
+            return f"a non-negative {kind} {high}"
+        low = f"> {_fmt(self.low)}" if self.low_open else f">= {_fmt(self.low)}"
+        return f"a {kind} {low} and {high}"
 
     def contains(self, value: float) -> bool:
         above_low = value > self.low if self.low_open else value >= self.low
@@ -315,15 +324,17 @@ def _check_field(name: str, value: Any) -> Any:
         return value
     number = _to_number(name, value, kind.base)
     limits = LIMITS.get(name)
-    if limits is not None and not limits.contains(number):
-        what = "an integer" if kind.base is int else "a number"
+    if limits is not None and not (math.isfinite(number) and limits.contains(number)):
         fix = f"; {limits.fix}" if limits.fix else ""
-        raise ConfigError(f"{name} must be {what} {limits.describe()}, got {_shown(value)}{fix}")
+        raise ConfigError(f"{name} must be {limits.describe(kind.base is int)}, got {_shown(value)}{fix}")
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number, got {_shown(value)}")
     return number
 
 
 def _to_number(name: str, value: Any, base: type) -> int | float:
-    """``value`` as an int or a finite float; bools, non-numeric strings and non-finite values refused."""
+    """``value`` as an int or a float (finiteness is checked by the caller); bools and text that is not a
+    number are refused."""
     what = "an integer" if base is int else "a number"
     if isinstance(value, bool):
         raise ConfigError(f"{name} must be {what}, not {value!r} (a bool)")
@@ -341,12 +352,9 @@ def _to_number(name: str, value: Any, base: type) -> int | float:
             return int(value)
         raise ConfigError(f"{name} must be {what}, got {_shown(value)}")
     try:
-        number = float(value)
+        return float(value)
     except OverflowError:
         raise ConfigError(f"{name}={_shown(value)} is too large to be a number") from None
-    if not math.isfinite(number):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    return number
 
 
 def _parse_enum(enum_type: type[StrEnum], field_name: str, value: Any) -> StrEnum:

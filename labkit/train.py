@@ -249,6 +249,7 @@ class Trainer:
         for step in range(first_step, cfg.steps + 1):
             if self._stop.is_set():
                 run.status = RunStatus.STOPPED
+                self._save()  # records first, then the checkpoint: a kill in between only repeats steps
                 self._checkpoint(step - 1)
                 return
             evaluate = step % cfg.eval_every == 0 or step == cfg.steps
@@ -279,6 +280,7 @@ class Trainer:
             if not skip:
                 optimizer.step()
             step_time = time.perf_counter() - start
+            self._beat()
             if not record_now:
                 continue
             record = {"step": step, "tokens": step * tokens_per_step, "train_loss": loss_value,
@@ -296,10 +298,8 @@ class Trainer:
             for callback in self.callbacks:
                 callback(run, record)
             if evaluate:
+                self._save()  # records first, then the checkpoint: a kill in between only repeats steps
                 self._checkpoint(step)
-                self._save()
-            else:
-                self._beat()
         run.status = RunStatus.FINISHED
 
     def _restore(self) -> int:

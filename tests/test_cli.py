@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from labkit.cli import main, parse_number
+from labkit.__main__ import main, parse_number
 
 
 def run_cli(*args, runs_dir):
@@ -43,7 +43,7 @@ def test_bad_option_is_a_clear_error(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--lr", "0", "--runs-dir", str(tmp_path)])
     assert exit_info.value.code == 2
-    assert "lr must be a number > 0" in capsys.readouterr().err
+    assert "lr must be a positive" in capsys.readouterr().err
 
 
 def test_parse_number():

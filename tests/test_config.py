@@ -16,11 +16,11 @@ def test_explicit_grad_format_wins():
 
 @pytest.mark.parametrize(("changes", "message"), [
     ({"scaling": "unit-scale"}, "choose one of: standard, seed-l2-once"),
-    ({"lr": 0.0}, "lr must be a number > 0"),
-    ({"lr": float("nan")}, "lr must be a finite number"),
-    ({"seq_len": 0}, "seq_len must be an integer >= 1"),
-    ({"width": -8}, "width must be an integer >= 1"),
-    ({"width": 100, "heads": 3}, "heads must divide width"),
+    ({"lr": 0.0}, "lr must be a positive"),
+    ({"lr": float("nan")}, "lr must be a positive"),
+    ({"seq_len": 0}, "seq_len must be a positive integer"),
+    ({"width": -8}, "width must be a positive integer"),
+    ({"width": 100, "heads": 3}, "heads must be positive and divide width"),
     ({"val_fraction": 1.0}, "val_fraction"),
     ({"device": "tpu"}, "device must be one of"),
 ])
