@@ -405,13 +405,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _module_command(module_name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        return int(importlib.import_module(module_name).main(args.rest) or 0)
-
-    return run
-
-
 # --- the parser ---------------------------------------------------------------------------------------------
 
 SWEEP_DESCRIPTION = """\
@@ -486,11 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--runs-dir", **runs_dir)
     sample.set_defaults(func=cmd_sample, parser=sample)
 
-    for name, (module_name, help_text) in MODULE_COMMANDS.items():
+    for name, (module_name, help_text) in MODULE_COMMANDS.items():  # listed here; main() hands them their argv
         if importlib.util.find_spec(module_name) is not None:
-            command = sub.add_parser(name, help=help_text, add_help=False)
-            command.add_argument("rest", nargs=argparse.REMAINDER)
-            command.set_defaults(func=_module_command(module_name), parser=command)
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
@@ -499,6 +490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from labkit.build import ResourceError
     from labkit.data import CorpusError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in MODULE_COMMANDS and importlib.util.find_spec(MODULE_COMMANDS[argv[0]][0]):
+        return int(importlib.import_module(MODULE_COMMANDS[argv[0]][0]).main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

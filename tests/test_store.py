@@ -254,3 +254,32 @@ def test_train_summary_prints_formatted_values(tmp_path, capsys):
     assert re.fullmatch(r"\d\.\d{4}", lines["final_train_loss"])  # not 2.4580860137939453
     assert lines["steps"] == "4 of 4" and lines["peak_lr"] == "2^-7 (0.0078)"
     assert re.fullmatch(r"[\d.]+ MiB", lines["peak_rss"])
+
+
+# --- one command line ---------------------------------------------------------------------------------------
+
+
+def test_top_level_help_lists_every_command_and_module_commands_plug_in(capsys, tmp_path, monkeypatch):
+    from labkit import cli
+
+    (tmp_path / "hello_command.py").write_text("def main(argv):\n    print('hello', argv)\n    return 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(cli.MODULE_COMMANDS, "hello", ("hello_command", "say hello"))
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("train", "runs", "scales", "sweep", "sample", "hello"):
+        assert re.search(rf"^\s+{command}\s+\w", out, re.MULTILINE), command
+    assert "``" not in out and "::" not in out
+    assert main(["hello", "--width", "3"]) == 3
+    assert "hello ['--width', '3']" in capsys.readouterr().out
+
+
+def test_runs_listing_has_no_raw_values(make_config, store, capsys):
+    train(make_config(steps=4, eval_every=2), store=store)
+    train(make_config(steps=4, eval_every=2, lr=2**-6), store=store)
+    assert main(["runs", "--runs-dir", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    assert "None" not in out and "nan" not in out.lower()
+    assert "default 2^-7 (0.0078)" in out and "2^-6 (0.016)" in out and "4/4" in out
+    assert not re.search(r"\d\.\d{6,}", out)  # no 2.4580860137939453
