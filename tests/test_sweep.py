@@ -152,10 +152,13 @@ def test_dask_cluster_gives_the_same_losses(tmp_path, reference, dask_client):
     assert {int(w.split(":")[1]) for w in table["worker"]} <= worker_pids
 
 
-def test_dask_missing_is_a_clear_error(monkeypatch):
+def test_dask_missing_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if dask[distributed] were not installed
     with pytest.raises(ImportError, match=r"pip install 'labkit\[distributed\]'"):
         DaskExecutor().start()
+    with pytest.raises(ImportError, match="distributed"):
+        Sweep(small_grid(), "no-dask", root=tmp_path).run("dask", progress=False)
+    assert not (tmp_path / "sweeps.sqlite").exists()  # refused before the sweep was registered
 
 
 # --- failures, killed workers, resume -----------------------------------------------------------------------
@@ -370,17 +373,23 @@ def test_killed_driver_stops_its_workers(tmp_path):
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         parent = psutil.Process(driver.pid)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            busy = [p for p in parent.children(recursive=True) if p.cpu_percent(interval=0.5) > 50]
-            if busy:
-                break
-        assert busy, "no worker started training"
+        deadline = time.monotonic() + 180
+        workers: list[psutil.Process] = []
+        while time.monotonic() < deadline and not workers:  # a worker is a child of the fork server
+            time.sleep(0.5)
+            workers = [p for child in parent.children() for p in child.children()]
+        assert workers, "no worker started"
+        owner = None
+        while time.monotonic() < deadline and owner is None:  # the driver has claimed the run and sent it
+            time.sleep(0.5)
+            with sqlite3.connect(tmp_path / "sweeps.sqlite") as db:
+                owner = db.execute("SELECT owner FROM sweep_runs WHERE owner IS NOT NULL").fetchone()
+        time.sleep(2)  # the worker is training (100000 steps: minutes)
         descendants = parent.children(recursive=True)
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-    gone, alive = psutil.wait_procs(descendants, timeout=15)
+    gone, alive = psutil.wait_procs(descendants, timeout=30)
     for process in alive:  # do not leave them behind if the test fails
         process.kill()
     assert not alive, f"{len(alive)} worker processes still running after their driver was killed"

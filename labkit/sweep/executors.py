@@ -386,6 +386,8 @@ class DaskExecutor(Executor):
     name = "dask"
 
     def __init__(self, address: str | None = None, workers: int | None = None, *, client: Any = None) -> None:
+        if client is None:
+            _import_distributed()  # missing: refused now, before a sweep registers anything
         self.address = address
         self._size = workers or os.cpu_count() or 1
         self._client = client
