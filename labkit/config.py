@@ -342,7 +342,8 @@ def _to_number(name: str, value: Any, base: type) -> int | float:
         try:
             value = int(value) if base is int and value.strip().lstrip("+-").isdigit() else float(value)
         except ValueError:
-            raise ConfigError(f"{name} must be {what}, got the text {_shown(value)}") from None
+            raise ConfigError(f"{name} must be {what}, got the text {_shown(value)}; "
+                              "write a number such as 3e-3 or 0.5") from None
     if not isinstance(value, numbers.Real):
         raise ConfigError(f"{name} must be {what}, got {value!r} of type {type(value).__name__}")
     if base is int:
