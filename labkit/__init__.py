@@ -14,7 +14,7 @@ from labkit.config import (
     TokenizerKind,
 )
 from labkit.runs import Run, RunStatus, RunStore
-from labkit.train import Trainer, train
+from labkit.train import Trainer, resume, train
 
 __all__ = ["Arch", "ConfigError", "LossScaling", "NumberFormat", "Optimizer", "ResourceError", "Rounding", "Run",
-           "RunConfig", "RunStatus", "RunStore", "Scaling", "Schedule", "TokenizerKind", "Trainer", "train"]
+           "RunConfig", "RunStatus", "RunStore", "Scaling", "Schedule", "TokenizerKind", "Trainer", "resume", "train"]

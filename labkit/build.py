@@ -39,12 +39,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def rounding_generator(config: RunConfig) -> torch.Generator:
+    """The seeded generator of a run's stochastic rounding (a checkpoint saves its state)."""
+    return torch.Generator().manual_seed(config.seed + 3)
+
+
 def build_for_run(config: RunConfig, vocab_size: int, counter: OverflowCounter | None = None,
-                  device: torch.device | None = None) -> tuple[nn.Module, Ops, ScalingMethod]:
+                  device: torch.device | None = None,
+                  generator: torch.Generator | None = None) -> tuple[nn.Module, Ops, ScalingMethod]:
     """The seeded, prepared model of a run, the ops it computes with, and its scaling method.
 
     A narrow ``config.format`` wraps the scaling method's ops so that matmul inputs are rounded to it
-    (and gradients to ``config.effective_grad_format``); ``counter`` then counts under/overflows. With
+    (and gradients to ``config.effective_grad_format``); ``counter`` then counts under/overflows, and
+    ``generator`` (default: :func:`rounding_generator`) draws stochastic roundings. With
     ``fp8_backend='real'`` the linear layers run in real FP8 (:mod:`labkit.fp8`; the kernel, with its
     counts of ``_scaled_mm`` calls and fallbacks, is ``model.fp8_kernel``). Where the run's ``device``
     computes the format natively (BF16 on CUDA: :func:`labkit.devices.autocast_dtype`), nothing is
@@ -56,7 +63,7 @@ def build_for_run(config: RunConfig, vocab_size: int, counter: OverflowCounter |
     kernel = None
     narrow = fwd is not NumberFormat.FP32 or bwd is not NumberFormat.FP32
     if narrow and (device is None or autocast_dtype(config, device) is None):
-        generator = torch.Generator().manual_seed(config.seed + 3)  # stochastic rounding, reproducible
+        generator = generator if generator is not None else rounding_generator(config)
         ops = simulated_ops(base, fwd, bwd, config.rounding, counter, generator)
         if config.fp8_backend is Fp8Backend.REAL:
             kernel = Fp8Matmul(fwd, bwd, config.fp8_scaling, counter)

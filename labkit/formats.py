@@ -539,6 +539,11 @@ class LossScaler:
         return {"mode": self.mode.value, "scale": self._scale, "clean_steps": self._clean_steps,
                 "skipped_steps": self.skipped_steps}
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a ``state_dict()`` (a resumed run)."""
+        self._scale, self._clean_steps = float(state["scale"]), int(state["clean_steps"])
+        self.skipped_steps = int(state["skipped_steps"])
+
 
 # ----------------------------------------------------------------------------------------------
 # Simulating a format in a model

@@ -12,7 +12,9 @@ it arrives, so the sweep driver (:mod:`labkit.sweep.core`) is one piece of code 
   it starts on 127.0.0.1, or any cluster given by its scheduler address (``tcp://host:8786``).
 
 Workers only compute: they return the :class:`~labkit.runs.Run` to the driver, which saves it. So workers
-on other machines need labkit installed, not access to the runs folder.
+on other machines need labkit installed, not access to the runs folder. A :class:`LocalExecutor` worker
+watches its driver and exits within a second when the driver is gone (killed), instead of training on for
+nobody.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import pickle
 import signal
 import socket
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
@@ -33,7 +36,7 @@ from multiprocessing import connection
 from typing import Any, ClassVar, Self
 
 from labkit.config import ConfigError, RunConfig
-from labkit.runs import Run
+from labkit.runs import Run, process_alive, process_identity
 
 EXECUTORS = ("sequential", "local", "gpu", "dask")
 INSTALL_DASK = "pip install 'labkit[distributed]' (or: pip install 'dask[distributed]')"
@@ -166,12 +169,26 @@ class WorkerStartError(RuntimeError):
     """Worker processes die before they are ready: the sweep cannot run on this executor."""
 
 
-def _worker_main(conn: connection.Connection, gpu: int | None = None) -> None:
-    """Loop of a :class:`LocalExecutor` worker: receive a task, send back its result, until told to stop.
+DRIVER_CHECK_SECONDS = 1.0
+
+
+def _exit_when_gone(driver: dict[str, Any]) -> None:
+    """Exit this worker process as soon as its driver process is gone (a thread of the worker)."""
+    while True:
+        time.sleep(DRIVER_CHECK_SECONDS)
+        if process_alive(driver) is False:
+            os._exit(3)
+
+
+def _worker_main(conn: connection.Connection, driver: dict[str, Any] | None = None, gpu: int | None = None) -> None:
+    """Loop of a :class:`LocalExecutor` worker: receive a task, send back its result, until told to stop
+    (or until the ``driver`` process dies: its pipe may stay open in a forkserver, so it is watched).
 
     ``gpu``: the CUDA device this worker's runs use (``device='cuda'`` means the current device).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the driver, which stops the workers
+    if driver is not None:
+        threading.Thread(target=_exit_when_gone, args=(driver,), name="labkit-driver-watch", daemon=True).start()
     import torch
 
     import labkit.train  # noqa: F401  (already loaded when forked from the warm server; imported now under spawn)
@@ -217,7 +234,7 @@ class _Worker:
     def __init__(self, context: multiprocessing.context.BaseContext, gpu: int | None = None) -> None:
         self.conn, child = context.Pipe()
         self.gpu = gpu
-        self.process = context.Process(target=_worker_main, args=(child, gpu), daemon=True,
+        self.process = context.Process(target=_worker_main, args=(child, process_identity(), gpu), daemon=True,
                                        name="labkit-sweep-worker")
         self.process.start()
         child.close()
@@ -382,6 +399,8 @@ class DaskExecutor(Executor):
     name = "dask"
 
     def __init__(self, address: str | None = None, workers: int | None = None, *, client: Any = None) -> None:
+        if client is None:
+            _import_distributed()  # missing: refused now, before a sweep registers anything
         self.address = address
         self._size = workers or os.cpu_count() or 1
         self._client = client
@@ -473,6 +492,8 @@ def make_executor(executor: str | Executor | None = "local", workers: int | None
     give the grid ``device='cuda'``), ``"dask"`` (a local Dask cluster), ``"tcp://host:8786"`` or
     ``"host:8786"`` (a running Dask scheduler); an :class:`Executor` is returned as it is.
     """
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     if isinstance(executor, Executor):
         return executor
     if executor is None or executor == "local":
