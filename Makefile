@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test lint bench clean
+.PHONY: lab test lint bench gallery clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m labkit.bench
 
+# Every notebook executed in full mode, as an offline static site in build/gallery (open index.html).
+gallery: $(STAMP)
+	$(BIN)/python -m labkit.gallery --mode full --out build/gallery
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache build/gallery
