@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from labkit.gallery.build import REPO, SMOKE_ENV, build
+from labkit.gallery.build import REPO, SMOKE_ENV, build, render
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +18,12 @@ def main(argv: list[str] | None = None) -> int:
                              f"(default: smoke when {SMOKE_ENV}=1, else full)")
     parser.add_argument("--jobs", type=int, default=1, help="notebooks executed at once (default: %(default)s)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds one cell may take (default: %(default)s)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the pages from the notebooks the last build executed (runs nothing)")
     args = parser.parse_args(argv)
+    if args.render_only:
+        site = render(args.out)
+        return 1 if site.failures else 0
     smoke = args.mode == "smoke" if args.mode else os.environ.get(SMOKE_ENV, "").strip().lower() in {"1", "true"}
     site = build(args.out, args.notebooks or None, smoke=smoke, jobs=args.jobs, timeout=args.timeout)
     for page in site.failures:

@@ -37,9 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 import nbformat
 from nbclient import NotebookClient
 from nbconvert import HTMLExporter
+from nbconvert.filters import markdown2html_mistune
 from nbconvert.preprocessors import Preprocessor
 from traitlets.config import Config
 
@@ -246,15 +248,14 @@ def build(out: str | os.PathLike = REPO / "build" / "gallery", notebooks: Iterab
 
     ``jobs`` notebooks run at once, each in its own kernel (torch on one thread each: ``ws.setup()``).
     ``timeout`` bounds one cell, in seconds. A notebook that fails still gets its page (up to the failing
-    cell, with the error), is marked on the index, and is listed in ``Site.failures``.
+    cell, with the error), is marked on the index, and is listed in ``Site.failures``. The executed
+    notebooks are kept beside the site (:func:`executed_dir`), so that :func:`render` can redo the pages alone.
     """
     out = Path(out)
     default = sorted((REPO / "notebooks").glob("*.ipynb"))
     paths = sorted(Path(p) for p in notebooks) if notebooks is not None else default
     if not paths:
         raise FileNotFoundError("no notebooks to build: pass .ipynb files or run from a labkit checkout")
-    guide_path = Path(guide) if guide is not None else paths[0].parent / "GUIDE.md"
-    out.mkdir(parents=True, exist_ok=True)
     info = run_info(smoke)
     log(f"gallery: {len(paths)} notebooks in {info['mode']} mode, {jobs} at a time, into {out}")
     start = time.perf_counter()
@@ -270,24 +271,47 @@ def build(out: str | os.PathLike = REPO / "build" / "gallery", notebooks: Iterab
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             results = list(pool.map(one, paths))
     info["seconds"] = round(time.perf_counter() - start, 1)
-    exp = exporter(p.stem for p in paths)
-    pages = []
+    kept = executed_dir(out)
+    shutil.rmtree(kept, ignore_errors=True)
+    kept.mkdir(parents=True)
     for nb, page in results:
-        write_page(exp, nb, page, info, out)
-        pages.append(page)
-    if guide_path.exists():
-        guide_nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(guide_path.read_text("utf-8"))])
+        nbformat.write(nb, kept / f"{page.name}.ipynb")
+    (kept / "run.json").write_text(json.dumps({"info": info, "pages": [asdict(p) for _, p in results]}, indent=2),
+                                   encoding="utf-8")
+    return render(out, guide=Path(guide) if guide is not None else paths[0].parent / "GUIDE.md", log=log)
+
+
+def executed_dir(out: str | os.PathLike) -> Path:
+    """Where the executed notebooks of the site ``out`` are kept: ``<out>-executed`` beside it (not published)."""
+    out = Path(out)
+    return out.parent / f"{out.name}-executed"
+
+
+def render(out: str | os.PathLike, guide: str | os.PathLike | None = REPO / "notebooks" / "GUIDE.md",
+           log: Callable[[str], None] = print) -> Site:
+    """Write the site ``out`` from its executed notebooks (kept by :func:`build`), without running anything."""
+    out, kept = Path(out), executed_dir(out)
+    run = json.loads((kept / "run.json").read_text(encoding="utf-8"))
+    info, pages = run["info"], [Page(**p) for p in run["pages"]]
+    out.mkdir(parents=True, exist_ok=True)
+    exp = exporter(p.name for p in pages)
+    for page in pages:
+        write_page(exp, nbformat.read(kept / f"{page.name}.ipynb", as_version=4), page, info, out)
+    has_guide = guide is not None and Path(guide).exists()
+    if has_guide:
+        guide_nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(Path(guide).read_text("utf-8"))])
         write_page(exp, guide_nb, Page("guide", "Instructor's guide", "", 0.0), info, out)
     copy_static(out)
     site = Site(out, info, pages)
-    write_index(site, has_guide=guide_path.exists())
-    log(f"gallery: {len(pages)} pages in {info['seconds']:.0f} s, {site_bytes(out) / 2**20:.1f} MiB; "
+    write_index(site, has_guide=has_guide)
+    log(f"gallery: {len(pages)} pages, executed in {info['seconds']:.0f} s, {site_bytes(out) / 2**20:.1f} MiB; "
         f"open {out / 'index.html'}")
     return site
 
 
 def write_index(site: Site, has_guide: bool) -> None:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
+    env.filters["markdown"] = lambda text: markupsafe.Markup(markdown2html_mistune(text))
     html = env.get_template("site_index.html.j2").render(info=site.info, pages=site.pages, has_guide=has_guide)
     (site.root / "index.html").write_text(html, encoding="utf-8")
     manifest = {"info": site.info, "pages": [asdict(p) for p in site.pages]}
