@@ -2,8 +2,9 @@
 site loads nothing from the network, plotly.js is in it once, every figure is drawn, and the live panel is
 replaced by its static figure. The browser test opens every page from the file system in headless Chromium.
 
-The site is built once for the module (two notebooks at a time); this is the suite's second run of the
-notebooks after nbval's, so a notebook that stops rendering as a page fails here.
+The site is built once, in the background from the start of the session (``conftest.py``), so that this
+second run of the notebooks (after nbval's) mostly uses the core the other tests leave idle. A notebook that
+stops rendering as a page fails here.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from labkit.gallery import panel
-from labkit.gallery.build import build
+from labkit.gallery.build import Site, build
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -27,8 +28,16 @@ PLOTLY_JS_BANNER = b"* plotly.js v"
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("gallery"), smoke=True, jobs=2, log=lambda _: None)
+def site(request, tmp_path_factory):
+    """The smoke-mode site: the build ``conftest.py`` started in the background at collection, or a new one."""
+    started = getattr(request.config, "gallery_build", None)
+    if started is None:
+        return build(tmp_path_factory.mktemp("gallery"), smoke=True, jobs=2, log=lambda _: None)
+    proc, out = started
+    proc.wait(timeout=1800)
+    log = (out.parent / "build.log").read_text(encoding="utf-8", errors="replace")
+    assert (out / "manifest.json").exists(), f"the gallery build wrote no site (exit {proc.returncode}):\n{log[-3000:]}"
+    return Site.load(out)
 
 
 def _pages(site) -> list[Path]:

@@ -69,10 +69,11 @@ _labkit_gallery_measure(); del _labkit_gallery_measure"""
 _MEASURE_END = """\
 def _labkit_gallery_measure():
     import json, resource, psutil, torch
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    print(json.dumps({"rss_end": psutil.Process().memory_info().rss, "peak_rss": peak,
-                      "peak_rss_children": children, "torch_threads": torch.get_num_threads()}))
+    me = psutil.Process()
+    # sweep workers still alive; PSS, since forked workers share pages with each other
+    children = sum(c.memory_full_info().pss for c in me.children(recursive=True))
+    print(json.dumps({"rss_end": me.memory_info().rss, "pss_children_end": children, "torch_threads":
+                      torch.get_num_threads(), "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 _labkit_gallery_measure(); del _labkit_gallery_measure"""
 
 
@@ -104,6 +105,12 @@ class Site:
     @property
     def failures(self) -> list[Page]:
         return [p for p in self.pages if p.error is not None]
+
+    @classmethod
+    def load(cls, root: str | os.PathLike) -> Site:
+        """The site built earlier in ``root``, from its ``manifest.json``."""
+        manifest = json.loads((Path(root) / "manifest.json").read_text(encoding="utf-8"))
+        return cls(Path(root), manifest["info"], [Page(**p) for p in manifest["pages"]])
 
 
 class NotebookLinks(Preprocessor):
