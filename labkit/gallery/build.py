@@ -204,6 +204,12 @@ def execute(path: Path, env: dict[str, str], timeout: int) -> tuple[nbformat.Not
     except Exception as exc:  # a notebook that fails still gets a page, showing where it stopped
         page.error = f"{type(exc).__name__}: {exc}"
     page.seconds = time.perf_counter() - start
+    for cell in nb.cells:  # number the prompts as if the first hidden cell had not run
+        if cell.cell_type == "code" and cell.get("execution_count"):
+            cell.execution_count -= 1
+            for output in cell.outputs:
+                if output.get("execution_count"):
+                    output.execution_count -= 1
     for cell in (nb.cells[0], nb.cells[-1]):
         for line in _cell_text(cell).splitlines():
             if line.startswith("{"):
