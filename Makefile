@@ -35,9 +35,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m labkit.bench
 
-# Every notebook executed in full mode, as an offline static site in build/gallery (open index.html).
+# Every notebook executed (full mode; GALLERY_MODE=smoke for a quick check), as an offline static site in
+# build/gallery: open build/gallery/index.html.
+GALLERY_MODE ?= full
 gallery: $(STAMP)
-	$(BIN)/python -m labkit.gallery --mode full --out build/gallery
+	$(BIN)/python -m labkit.gallery --mode $(GALLERY_MODE) --out build/gallery
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache build/gallery
