@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test lint bench clean
+.PHONY: lab test lint bench gallery clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,5 +37,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m labkit.bench
 
+# Every notebook executed (full mode; GALLERY_MODE=smoke for a quick check), as an offline static site in
+# build/gallery: open build/gallery/index.html.
+GALLERY_MODE ?= full
+gallery: $(STAMP)
+	$(BIN)/python -m labkit.gallery --mode $(GALLERY_MODE) --out build/gallery
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache build/gallery
