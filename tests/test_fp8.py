@@ -120,7 +120,7 @@ def test_config_validates_the_fp8_backend():
 
 
 def test_cli_has_the_fp8_options():
-    from labkit.__main__ import build_parser, config_from_args
+    from labkit.cli import build_parser, config_from_args
 
     args = build_parser().parse_args(["train", "--format", "fp8-e4m3", "--fp8-backend", "real",
                                       "--fp8-scaling", "amax"])

@@ -31,6 +31,11 @@ from packaging.version import Version
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 AUDITED = {
+    "torch.get_rng_state",
+    "torch.load",
+    "torch.save",
+    "torch.set_rng_state",
+    "torch.unique",
     "torch.Generator",
     "torch.Tensor",
     "torch.__version__",
