@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     from labkit.sweep.cli import add_sweep_command  # imported here: sweep code stays in labkit.sweep
 
     add_sweep_command(sub)
+    from labkit.coord import add_coord_check_command
+
+    add_coord_check_command(sub)
     return parser
 
 

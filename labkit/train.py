@@ -5,8 +5,10 @@
 
 Each record (every ``log_every`` steps, and at every evaluation and the last step) holds: ``step``,
 ``tokens``, ``train_loss``, ``val_loss`` (NaN between evaluations), ``lr``, ``grad_norm``,
-``param_norm``, ``norm/<parameter>``, memory (``mem_*`` bytes and ``rss``), ``step_time`` (seconds of
-the training step itself), ``tokens_per_s`` and ``instr_time`` (seconds spent measuring).
+``param_norm``, ``norm/<parameter>``, per optimizer group ``eff_lr/<group>`` (base LR × schedule × the
+group's factor) and ``rel_update/<group>`` (‖ΔW‖/‖W‖ of that step's update; ``labkit.coord.UpdateMeter``),
+memory (``mem_*`` bytes and ``rss``), ``step_time`` (seconds of the training step itself), ``tokens_per_s``
+and ``instr_time`` (seconds spent measuring).
 
 A run ends ``finished``; ``stopped`` when :meth:`Trainer.stop` is called (from any thread, e.g. a Stop
 button) or on Ctrl-C; ``diverged`` at the first step whose loss is NaN or infinite; ``failed`` on an
@@ -29,6 +31,7 @@ from torch import nn
 
 from labkit.build import ResourceError, build_for_run, load_corpus, resolve_device
 from labkit.config import LossScaling, NumberFormat, Optimizer, RunConfig, Schedule
+from labkit.coord import UpdateMeter
 from labkit.data import Corpus
 from labkit.formats import LossScaler, OverflowCounter, bytes_per_value
 from labkit.instrument import MemoryMeter, NormMeter, flops_per_step
@@ -182,6 +185,7 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         scaler = LossScaler(cfg.loss_scaling, cfg.loss_scale) if cfg.loss_scaling is not LossScaling.NONE else None
         scales = ScaleRecorder(model, sink=run.scales)
+        updates = UpdateMeter(optimizer)
         self._save()
 
         tokens_per_step = cfg.batch_size * cfg.seq_len
@@ -192,6 +196,8 @@ class Trainer:
                 return
             evaluate = step % cfg.eval_every == 0 or step == cfg.steps
             record_now = evaluate or step % cfg.log_every == 0
+            if record_now:
+                updates.before_step()  # a copy of the weights, outside the timed step
             start = time.perf_counter()
             lr = learning_rate(cfg, peak_lr, step)
             for group in optimizer.param_groups:
@@ -225,6 +231,7 @@ class Trainer:
                       "lr": lr, "step_time": step_time, "tokens_per_s": tokens_per_step / step_time}
             measure_start = time.perf_counter()
             record.update(norms.measure())
+            record.update(updates.after_step())
             record.update(memory.measure())
             if counter is not None:
                 record.update(format_counts(counter.snapshot_and_reset()))
