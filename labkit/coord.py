@@ -51,6 +51,13 @@ LrTweak = Callable[[str, nn.Parameter, int], float]
 DEFAULT_TOLERANCE = 0.25
 
 
+def embedding_lr_times_width(name: str, param: nn.Parameter, width: int) -> float:
+    """A deliberately wrong rule, for demonstrations and tests: every embedding table's LR × width."""
+    from labkit.models.roles import Role, role_of
+
+    return float(width) if role_of(param) is Role.EMBEDDING else 1.0
+
+
 def _layers(model: nn.Module) -> dict[str, nn.Module]:
     """The modules whose outputs are tracked: every Embedding and Linear, and each residual block."""
     from labkit.models.layers import Embedding, Linear
@@ -280,7 +287,9 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="largest |slope| of log2 RMS vs log2 width that counts as flat "
                              f"(default {DEFAULT_TOLERANCE})")
-    parser.add_argument("--html", default=None, help="write the figure to this HTML file")
+    parser.add_argument("--plant-wrong-embedding-rule", action="store_true",
+                        help="multiply every embedding table's LR by the width (a wrong rule the check must flag)")
+    parser.add_argument("--html", default=None, help="write the figure to this HTML file (self-contained)")
     parser.add_argument("--json", action="store_true", help="print the verdict and the slopes as JSON")
     parser.set_defaults(func=_run_cli)
     return parser
@@ -299,10 +308,12 @@ def _run_cli(args: argparse.Namespace) -> int:
         print(f"error: --width must be comma-separated integers, got {args.width!r}", file=sys.stderr)
         return 2
     config = RunConfig(arch=args.arch, depth=args.depth, optimizer=args.optimizer)
+    plant = embedding_lr_times_width if args.plant_wrong_embedding_rule else None
+    label = f"{args.scaling} with embedding LR × width (planted)" if plant else ""
     check = coord_check(args.scaling, widths, args.steps, args.seeds, config=config, lr=args.lr,
-                        tolerance=args.tolerance)
+                        tolerance=args.tolerance, lr_tweak=plant, label=label)
     if args.html:
-        check.figure().write_html(args.html, include_plotlyjs="cdn")
+        check.figure().write_html(args.html, include_plotlyjs=True)
     if args.json:
         print(json.dumps({**check.summary(), "slopes": check.slopes.round(4).to_dict(orient="records")}))
     else:

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from labkit.config import RunConfig
-from labkit.coord import UpdateMeter, coord_check, flatness
-from labkit.models.roles import Role, role_of
+from labkit.coord import UpdateMeter, coord_check, embedding_lr_times_width, flatness
 
 SMALL = dict(widths=(64, 128, 256), steps=3, seeds=2, batch_size=4, seq_len=32)
 
@@ -19,10 +18,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-def embedding_lr_times_width(name, param, width):
-    return float(width) if role_of(param) is Role.EMBEDDING else 1.0
 
 
 @pytest.fixture(scope="module")
