@@ -12,14 +12,6 @@ from labkit.coord import UpdateMeter, coord_check, embedding_lr_times_width, fla
 SMALL = dict(widths=(64, 128, 256), steps=3, seeds=2, batch_size=4, seq_len=32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def umup():
     return coord_check("u-mup", **SMALL)
