@@ -80,8 +80,9 @@ class UpdateMeter:
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
         self.names = [_group_name(g, i) for i, g in enumerate(optimizer.param_groups)]
-        self._params = [[p for p in g["params"] if p.requires_grad] for g in optimizer.param_groups]
-        self._flat = [p for ps in self._params for p in ps]
+        params = [[p for p in g["params"] if p.requires_grad] for g in optimizer.param_groups]
+        self._flat = [p for ps in params for p in ps]
+        self._group_of = torch.tensor([i for i, ps in enumerate(params) for _ in ps], dtype=torch.long)
         self._before: list[torch.Tensor] | None = None
 
     @torch.no_grad()
@@ -93,17 +94,18 @@ class UpdateMeter:
         """``eff_lr/<group>`` and ``rel_update/<group>`` for the step just taken."""
         if self._before is None:
             raise RuntimeError("UpdateMeter.after_step() called without before_step()")
-        deltas = torch._foreach_sub(self._flat, self._before)
-        delta_sq = torch.stack(torch._foreach_norm(deltas)).double().square() if deltas else torch.zeros(0)
-        weight_sq = torch.stack(torch._foreach_norm(self._before)).double().square() if deltas else torch.zeros(0)
-        self._before = None
-        record, start = {}, 0
-        for name, group, params in zip(self.names, self.optimizer.param_groups, self._params, strict=True):
-            end = start + len(params)
+        before, self._before = self._before, None
+        squares = torch.zeros(2, len(self.names), dtype=torch.float64)
+        if self._flat:  # per group: Σ‖Δp‖² and Σ‖p‖², summed over its parameters in one pass each
+            deltas = torch._foreach_sub(self._flat, before)
+            for row, tensors in enumerate((deltas, before)):
+                norms = torch.stack(torch._foreach_norm(tensors)).double().cpu()
+                squares[row].index_add_(0, self._group_of, norms.square())
+        delta_sq, weight_sq = squares.tolist()
+        record = {}
+        for name, group, d2, w2 in zip(self.names, self.optimizer.param_groups, delta_sq, weight_sq, strict=True):
             record[f"eff_lr/{name}"] = float(group["lr"])
-            weight = float(weight_sq[start:end].sum())
-            record[f"rel_update/{name}"] = (float(delta_sq[start:end].sum()) / weight) ** 0.5 if weight else math.nan
-            start = end
+            record[f"rel_update/{name}"] = (d2 / w2) ** 0.5 if w2 else math.nan
         return record
 
 
