@@ -86,7 +86,7 @@ def lr_scale(param: nn.Parameter, optimizer: Optimizer,
 class UMuP(Unit):
     name = Scaling.UMUP
     summary = "u-μP (2024): unit scaling + μP learning-rate rules, so the best LR holds across widths."
-    default_lr = {Optimizer.ADAMW: 2.0**-2, Optimizer.SGD: 2.0**-9}
+    default_lr = {Optimizer.ADAMW: 2.0**-2, Optimizer.SGD: 2.0**-6}
 
     def ops(self) -> Ops:
         return unit_ops(residual_tau=residual_tau, readout=U.linear_readout)
