@@ -19,7 +19,9 @@ with the rules of Graphcore's ``unit_scaling.optim`` (the tests check every fact
   length, readout × 1, and the same depth factor.
 
 With these rules the best base learning rate should stay put as the model widens: the lab's
-learning-rate-transfer sweep measures whether it does.
+learning-rate-transfer sweep measures whether it does. (Not carried over: Graphcore's optimizers also make
+weight decay independent of each parameter's learning rate; labkit's ``weight_decay`` is 0 by default and is
+applied as AdamW/SGD apply it.)
 """
 
 from __future__ import annotations
