@@ -49,6 +49,10 @@ class NumberFormat(StrEnum):
     FP16 = "fp16"
     FP8_E4M3 = "fp8-e4m3"
     FP8_E5M2 = "fp8-e5m2"
+    #: Graphcore's E5M2 (``unit_scaling.formats.FPFormat(5, 2)``): exponent bias 16 instead of OCP's 15 and
+    #: no inf/NaN codes, so its range is shifted one binade down: smallest subnormal 2^-17 (OCP: 2^-16),
+    #: largest 57344, saturating. Offered as a gradient format to show that "FP8 fails" depends on it.
+    FP8_E5M2_BIAS16 = "fp8-e5m2-bias16"
 
 
 class Rounding(StrEnum):

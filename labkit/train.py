@@ -5,8 +5,10 @@
 
 Each record (every ``log_every`` steps, and at every evaluation and the last step) holds: ``step``,
 ``tokens``, ``train_loss``, ``val_loss`` (NaN between evaluations), ``lr``, ``grad_norm``,
-``param_norm``, ``norm/<parameter>``, memory (``mem_*`` bytes and ``rss``), ``step_time`` (seconds of
-the training step itself), ``tokens_per_s`` and ``instr_time`` (seconds spent measuring).
+``param_norm``, ``norm/<parameter>``, per optimizer group ``eff_lr/<group>`` (base LR × schedule × the
+group's factor) and ``rel_update/<group>`` (‖ΔW‖/‖W‖ of that step's update; ``labkit.coord.UpdateMeter``),
+memory (``mem_*`` bytes and ``rss``), ``step_time`` (seconds of the training step itself), ``tokens_per_s``
+and ``instr_time`` (seconds spent measuring).
 
 A run ends ``finished``; ``stopped`` when :meth:`Trainer.stop` is called (from any thread, e.g. a Stop
 button) or on Ctrl-C; ``diverged`` at the first step whose loss is NaN or infinite; ``failed`` on an
@@ -39,6 +41,7 @@ from labkit.budget import check_time
 from labkit.build import ResourceError, build_for_run, load_corpus, resolve_device, rounding_generator
 from labkit.checkpoint import TrainingState, checkpoint_path, load_checkpoint
 from labkit.config import ConfigError, LossScaling, NumberFormat, Optimizer, RunConfig, Schedule
+from labkit.coord import UpdateMeter
 from labkit.data import Corpus
 from labkit.devices import autocast, autocast_dtype, compute_precision, peak_flops
 from labkit.formats import LossScaler, OverflowCounter, bytes_per_value
@@ -248,6 +251,7 @@ class Trainer:
                                     corpus.tokenizer)
         first_step = self._restore() + 1
         scales = ScaleRecorder(model, sink=run.scales)
+        updates = UpdateMeter(optimizer)
         self._save()
         self.started = True
 
@@ -261,6 +265,8 @@ class Trainer:
                 return
             evaluate = step % cfg.eval_every == 0 or step == cfg.steps
             record_now = evaluate or step % cfg.log_every == 0
+            if record_now:
+                updates.before_step()  # a copy of the weights, outside the timed step
             start = time.perf_counter()
             lr = learning_rate(cfg, peak_lr, step)
             for group in optimizer.param_groups:
@@ -299,6 +305,7 @@ class Trainer:
                 record["mfu"] = run.info["flops_per_step"] / step_time / peak
             measure_start = time.perf_counter()
             record.update(norms.measure())
+            record.update(updates.after_step())
             record.update(memory.measure())
             if counter is not None:
                 record.update(format_counts(counter.snapshot_and_reset()))

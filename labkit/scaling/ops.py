@@ -19,7 +19,7 @@ Conventions:
 
 The reference implementation is Graphcore's ``unit-scaling`` 0.3.5 (``unit_scaling.functional``); the
 tests compare against it. Differences, all deliberate, are noted in the functions concerned (activation
-constants, causal attention's model of output std, the mean in ``cross_entropy`` with ignored targets).
+constants, causal attention's per-position model of output std, the mean in ``cross_entropy`` with ignored targets).
 """
 
 from __future__ import annotations
@@ -252,9 +252,10 @@ def _normal_moments(name: ActivationName) -> tuple[float, float, float]:
     ±12 are below 1e-30. Accurate to ~1e-9 for the smooth functions, ~1e-7 for ReLU.
     """
     f = _ACTIVATIONS[name]
-    x = torch.linspace(-12.0, 12.0, 2**18, dtype=torch.float64, requires_grad=True)
-    y = f(x)
-    (dy,) = torch.autograd.grad(y.sum(), x)
+    with torch.enable_grad():  # the first call may come from inside torch.no_grad() (inference, sampling)
+        x = torch.linspace(-12.0, 12.0, 2**18, dtype=torch.float64, requires_grad=True)
+        y = f(x)
+        (dy,) = torch.autograd.grad(y.sum(), x)
     x, y = x.detach(), y.detach()
     density = torch.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
     mean = float(torch.trapezoid(density * y, x))
@@ -333,29 +334,36 @@ def softmax(x: Tensor, dim: int, mult: float = 1.0,
 
 
 @functools.cache
-def _harmonic(n: int) -> float:
-    return math.fsum(1.0 / k for k in range(1, n + 1))
+def _causal_row_scales(seq: int, alpha: float) -> Tensor:
+    """(seq, 1) float64: the output scale of query position t, 1/σ_t = (t+1)^((1-a)/2) (see below)."""
+    visible = torch.arange(1, seq + 1, dtype=torch.float64)
+    return visible.pow((1.0 - alpha) / 2.0)[:, None]
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True,
                                  mult: float = 1.0) -> Tensor:
-    """softmax(q k^T · mult/d_head) v on (..., seq, d_head). fwd and bwd (q, k, v): × 1/σ, where
-    σ = ℓ^(1-a) models the output RMS, a = 1/(1 + 4·d_head/mult²), ℓ = sqrt(H_s/s) causal or sqrt(1/s).
+    """softmax(q k^T · mult/d_head) v on (..., seq, d_head). fwd: each query position's output × 1/σ,
+    σ = ℓ^(1-a) a model of its RMS, a = 1/(1 + 4·d_head/mult²); bwd: the true gradient of that function.
 
-    The model follows Graphcore: interpolate between flat attention (a → 0) and one-hot attention
-    (σ = 1). Flat attention averages s unit values (RMS s^-1/2); flat *causal* attention at position t
-    averages t+1 values, so the mean variance is exactly H_s / s (H_s the s-th harmonic number), which
-    we use where Graphcore uses its approximation ln(s) / s (5.8% apart at s = 128; H_s = ln s + 0.577...).
-    The gradients of q and k come out at about mult / sqrt(d_head), not 1: the 1/d_head score scale
-    (μP) makes the softmax nearly flat at init; this is by design, as in Graphcore's.
+    The model follows Graphcore: interpolate between flat attention (a → 0: the output averages the ℓ^-2
+    visible unit values, RMS ℓ) and one-hot attention (σ = 1). Non-causal, every query sees all s keys:
+    ℓ = s^-1/2, one constant, as Graphcore (which scales the gradients of q, k and v by the same constant:
+    the same thing). Causal: query position t sees n_t = t+1 keys, so ℓ_t = n_t^-1/2 and the scale
+    n_t^((1-a)/2) depends on the position only. Deliberate difference: Graphcore uses one constant for
+    all positions from the total length s (an approximation of the mean flat variance, ln(s)/s), so the
+    output at position t, and with it P(w_t | w_<t), changes with the number of tokens that *follow*;
+    ours does not (a proper causal LM: the conditionals of a prefix do not depend on what comes after).
+    Output RMS ≈ 1 at every position at init; v's gradient has mean variance exactly 1 in the flat limit
+    (Σ_j Σ_{t≥j} n_t^(1-a)/n_t² / s = 1 at a = 0). The gradients of q and k come out at about
+    mult / sqrt(d_head), not 1: the 1/d_head score scale (μP) makes the softmax nearly flat at init;
+    this is by design, as in Graphcore's.
     """
     seq, d_head = v.shape[-2], v.shape[-1]
     alpha = 1.0 / (1.0 + 4.0 * d_head / mult**2)
-    flat_rms = (_harmonic(seq) / seq) ** 0.5 if causal else seq**-0.5
-    scale = 1.0 / _log_interpolate(alpha, flat_rms, 1.0)
-    q, k, v = (scale_bwd(t, scale) for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=mult / d_head)
-    return scale_fwd(out, scale)
+    if causal:
+        return out * _causal_row_scales(seq, alpha).to(dtype=out.dtype, device=out.device)
+    return out * (1.0 / _log_interpolate(alpha, seq**-0.5, 1.0))
 
 
 # --------------------------------------------------------------------------------------------------
