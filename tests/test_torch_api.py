@@ -31,6 +31,9 @@ from packaging.version import Version
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 AUDITED = {
+    "torch._foreach_mul",
+    "torch._foreach_sub",
+    "torch.enable_grad",
     "torch.get_rng_state",
     "torch.load",
     "torch.save",
