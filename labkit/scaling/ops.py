@@ -45,6 +45,7 @@ __all__ = [
     "linear_readout",
     "lstm",
     "lstm_cell",
+    "lstm_reference",
     "lstm_scales",
     "relu",
     "residual_add",
@@ -506,11 +507,23 @@ def lstm_cell(x_proj: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_hh: Tensor |
     return h, c
 
 
-def lstm(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None, b_hh: Tensor | None = None,
+def _check_lstm_shapes(x: Tensor, w_ih: Tensor, w_hh: Tensor) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"lstm expects a 3-d input (batch, seq, features), got shape {tuple(x.shape)}")
+    hidden = w_hh.shape[1]
+    if w_hh.shape[0] != 4 * hidden or w_ih.shape[0] != 4 * hidden:
+        raise ValueError(f"weights must be (4H, in) and (4H, H); got {tuple(w_ih.shape)}, {tuple(w_hh.shape)}")
+
+
+def lstm_reference(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None, b_hh: Tensor | None = None,
          h0: Tensor | None = None, c0: Tensor | None = None,
          batch_first: bool = True) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """A unit-scaled one-layer LSTM with ``nn.LSTM``'s parameters: gate order (i, f, g, o), ``w_ih``
     (4H, in), ``w_hh`` (4H, H). Returns (ĥ for every step, (ĥ_T, c_T)), states shaped (1, B, H).
+
+    The readable reference: a Python loop over time of :func:`lstm_cell`. :func:`lstm` computes the same
+    function and the same gradients with PyTorch's fused kernel (what the models run; the tests check
+    that the two agree).
 
     Rule: output ĥ = h/σ_h (unit RMS); grad of x, w_ih, w_hh, b_ih, b_hh unit RMS (σ_h = 0.193 and
     ρ = 0.652 from :func:`lstm_scales`). The state ĥ is unit-scaled too (pass it back as ``h0``).
@@ -537,14 +550,11 @@ def lstm(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None, b_hh
     k·w_ih/√in, k·w_hh/√H, biases k·b_ih/√in, k·σ_h·b_hh/√H, output divided by σ_h; each gradient is that
     function's gradient times a constant.
     """
-    if x.dim() != 3:
-        raise ValueError(f"lstm expects a 3-d input (batch, seq, features), got shape {tuple(x.shape)}")
+    _check_lstm_shapes(x, w_ih, w_hh)
     if not batch_first:
         x = x.transpose(0, 1)
     batch, steps, _ = x.shape
     hidden = w_hh.shape[1]
-    if w_hh.shape[0] != 4 * hidden or w_ih.shape[0] != 4 * hidden:
-        raise ValueError(f"weights must be (4H, in) and (4H, H); got {tuple(w_ih.shape)}, {tuple(w_hh.shape)}")
     scales = lstm_scales()
     sigma_h, rho = scales
     grad_proj_scale = (1.0 + sigma_h**2) ** 0.5 / rho
@@ -562,3 +572,40 @@ def lstm(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None, b_hh
         outputs.append(h)
     output = torch.stack(outputs, dim=1 if batch_first else 0)
     return output, (h.unsqueeze(0), c.unsqueeze(0))
+
+
+
+def lstm(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None, b_hh: Tensor | None = None,
+         h0: Tensor | None = None, c0: Tensor | None = None,
+         batch_first: bool = True) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """:func:`lstm_reference` (same arguments, rule, outputs and gradients, to float rounding) run by
+    PyTorch's fused LSTM kernel instead of a Python loop over time.
+
+    Rule (derived in :func:`lstm_reference`): output and state ĥ unit RMS; grads of x, weights and biases
+    unit RMS. With k = (1+σ_h²)^-1/2, g = √(1+σ_h²)/ρ and r = g·(B·T)^-1/2, the reference is ``nn.LSTM``
+    on rescaled weights with output ĥ = h/σ_h, and each of its gradients is the true one times a constant:
+
+    * fwd: the kernel's weights are w_ih·k·in^-1/2, b_ih·k·in^-1/2, w_hh·k·H^-1/2 (ĥ = h/σ_h meets
+      σ_h·H^-1/2) and b_hh·k·σ_h·H^-1/2; an initial state ĥ₀ enters as h₀ = σ_h·ĥ₀; outputs are h/σ_h.
+    * bwd: inside the kernel every gradient is the true one (as in the reference's loop, where all
+      scales are tied). The reference's gradient of a weight is the kernel's gradient of its scaled
+      copy × k·r (w_ih, b_ih, b_hh) or × k·r/σ_h (w_hh): one ``scale_fwd_bwd`` node per weight, forward
+      scale folded in. Its gradient of x is the true one × g·(in/4H)^1/2 (the reference scales the input
+      projection's gradient by g, then by (4H)^-1/2 where the true factor is in^-1/2): one ``scale_bwd``.
+    """
+    _check_lstm_shapes(x, w_ih, w_hh)
+    batch, steps = (x.shape[0], x.shape[1]) if batch_first else (x.shape[1], x.shape[0])
+    (four_hidden, n_in), hidden = w_ih.shape, w_hh.shape[1]
+    sigma_h, rho = lstm_scales()
+    k = (1.0 + sigma_h**2) ** -0.5
+    g = 1.0 / (k * rho)
+    r = g * (batch * steps) ** -0.5
+    b_ih = x.new_zeros(four_hidden) if b_ih is None else b_ih
+    b_hh = x.new_zeros(four_hidden) if b_hh is None else b_hh
+    weights = [scale_fwd_bwd(w_ih, k * n_in**-0.5, k * r), scale_fwd_bwd(w_hh, k * hidden**-0.5, k * r / sigma_h),
+               scale_fwd_bwd(b_ih, k * n_in**-0.5, k * r), scale_fwd_bwd(b_hh, k * sigma_h * hidden**-0.5, k * r)]
+    x = scale_bwd(x, g * (n_in / four_hidden) ** 0.5)
+    h0 = x.new_zeros(1, batch, hidden) if h0 is None else h0.reshape(1, batch, hidden) * sigma_h
+    c0 = x.new_zeros(1, batch, hidden) if c0 is None else c0.reshape(1, batch, hidden)
+    output, h_n, c_n = torch.lstm(x, (h0, c0), weights, True, 1, 0.0, torch.is_grad_enabled(), False, batch_first)
+    return output * (1.0 / sigma_h), (h_n * (1.0 / sigma_h), c_n)
