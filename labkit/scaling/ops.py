@@ -71,8 +71,10 @@ class _ScaleFwdBwd(torch.autograd.Function):
     """Identity up to scale: value × ``fwd_scale`` in the forward pass, gradient × ``bwd_scale``."""
 
     @staticmethod
-    def forward(x: Tensor, fwd_scale: float, bwd_scale: float) -> Tensor:  # type: ignore[override]
-        return x * fwd_scale
+    def forward(x: Tensor, fwd_scale: float | Tensor, bwd_scale: float) -> Tensor:  # type: ignore[override]
+        if isinstance(fwd_scale, float) and fwd_scale == 1.0:
+            return x.view_as(x)  # a view: no copy of a large activation
+        return x * fwd_scale  # a 0-d tensor scale (never read on the host) works too
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -80,7 +82,7 @@ class _ScaleFwdBwd(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        return grad * ctx.bwd_scale, None, None
+        return (grad if ctx.bwd_scale == 1.0 else grad * ctx.bwd_scale), None, None
 
 
 def scale_fwd_bwd(x: Tensor, fwd_scale: float, bwd_scale: float) -> Tensor:
@@ -278,14 +280,37 @@ def _scaled_elementwise(name: ActivationName, x: Tensor, constraint: Constraint)
     return scale_fwd(_ACTIVATIONS[name](scale_bwd(x, grad_scale)), output_scale)
 
 
+class _ScaledGelu(torch.autograd.Function):
+    """``F.gelu(x) × out_scale``, gradient of x = ``gelu'(x) × grad × grad_scale``: one node, scaled in place."""
+
+    @staticmethod
+    def forward(x: Tensor, approximate: str, out_scale: float, grad_scale: float) -> Tensor:  # type: ignore[override]
+        return F.gelu(x, approximate=approximate).mul_(out_scale)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        x, ctx.approximate, _, ctx.grad_scale = inputs
+        ctx.save_for_backward(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        grad_x = torch.ops.aten.gelu_backward(grad, x, approximate=ctx.approximate)
+        return grad_x.mul_(ctx.grad_scale), None, None, None
+
+
 def gelu(x: Tensor, approximate: Literal["none", "tanh"] = "none",
          constraint: Constraint = Constraint.TO_OUTPUT_SCALE) -> Tensor:
     """GELU. fwd: × 1/std(gelu(X)) = 1.7009; bwd: × 1.7009 too by default (unconstrained: 1.4811).
 
     Graphcore's ``gelu`` uses an empirical model instead (1.7668 at mult=1): same function, factor
     differs by 3.9%. With the default constraint the input gradient has RMS 1.148 for unit inputs.
+    One autograd node (the scales applied in place); :func:`labkit.scaling.reference.gelu` is the
+    same op composed of ``scale_fwd``/``scale_bwd``.
     """
-    return _scaled_elementwise("gelu" if approximate == "none" else "gelu_tanh", x, constraint)
+    name: ActivationName = "gelu" if approximate == "none" else "gelu_tanh"
+    output_scale, grad_scale = _constrain(constraint, *activation_scales(name))
+    return _ScaledGelu.apply(x, approximate, output_scale, grad_scale)
 
 
 def silu(x: Tensor, constraint: Constraint = Constraint.TO_OUTPUT_SCALE) -> Tensor:
@@ -368,39 +393,79 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
 # Residuals and normalisation
 
 
+class _ResidualAdd(torch.autograd.Function):
+    """``(skip + τ·residual) / √(1+τ²)``; gradient of residual = grad, of skip = grad / √(1+τ²)."""
+
+    @staticmethod
+    def forward(residual: Tensor, skip: Tensor, tau: float) -> Tensor:  # type: ignore[override]
+        denom = (1.0 + tau * tau) ** 0.5
+        return torch.add(skip * (1.0 / denom), residual, alpha=tau / denom)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.tau = inputs[2]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        return grad, grad * (1.0 + ctx.tau * ctx.tau) ** -0.5, None
+
+
 def residual_split(x: Tensor, tau: float = 1.0) -> tuple[Tensor, Tensor]:
     """Fork ``x`` into (residual-branch input, skip). fwd: both unscaled; bwd: branch grad × τ/√(1+τ²),
-    skip grad × 1/√(1+τ²). Pair with :func:`residual_add` (same τ).
+    skip grad unscaled here (× 1/√(1+τ²) in :func:`residual_add`, the true gradient of its skip term).
+    Pair with :func:`residual_add` (same τ).
 
     The branch's share of the backward scale is applied here, where the branches meet again in the
     backward pass, so the summed gradient of ``x`` stays unit scale when both incoming ones are.
+    The pair computes exactly what Graphcore's ``residual_split``/``residual_add`` compute together,
+    in two autograd nodes (:mod:`labkit.scaling.reference` has the literal four-scale version).
     """
-    denom = (1.0 + tau * tau) ** 0.5
-    return scale_bwd(x, tau / denom), scale_bwd(x, 1.0 / denom)
+    return scale_bwd(x, tau / (1.0 + tau * tau) ** 0.5), x
 
 
 def residual_add(residual: Tensor, skip: Tensor, tau: float = 1.0) -> Tensor:
-    """``(skip + τ · residual) / √(1+τ²)``. fwd: residual × τ/√(1+τ²), skip × 1/√(1+τ²); bwd: both
-    gradients passed through unscaled (their scaling happened in :func:`residual_split`)."""
-    denom = (1.0 + tau * tau) ** 0.5
-    return scale_fwd(residual, tau / denom) + scale_fwd(skip, 1.0 / denom)
+    """``(skip + τ · residual) / √(1+τ²)``. fwd: residual × τ/√(1+τ²), skip × 1/√(1+τ²); bwd: residual's
+    gradient passed through unscaled (its scale is applied in :func:`residual_split`), skip's × 1/√(1+τ²)
+    (the true gradient). One autograd node."""
+    return _ResidualAdd.apply(residual, skip, float(tau))
 
 
 def _shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
     return (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
 
 
+class _LayerNorm(torch.autograd.Function):
+    """``F.layer_norm`` whose weight and bias gradients are × ``param_grad_scale`` (x's is the true one)."""
+
+    @staticmethod
+    def forward(x: Tensor, shape: tuple[int, ...], weight: Tensor | None, bias: Tensor | None,  # type: ignore[override]
+                eps: float, param_grad_scale: float) -> tuple[Tensor, Tensor, Tensor]:
+        return torch.native_layer_norm(x, shape, weight, bias, eps)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
+        x, ctx.shape, weight, bias, _, ctx.param_grad_scale = inputs
+        _, mean, rstd = output
+        ctx.mark_non_differentiable(mean, rstd)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]]
+        grad_x, grad_w, grad_b = torch.ops.aten.native_layer_norm_backward(
+            grad, x, ctx.shape, mean, rstd, weight, bias, mask)
+        grad_w = None if grad_w is None else grad_w.mul_(ctx.param_grad_scale)
+        grad_b = None if grad_b is None else grad_b.mul_(ctx.param_grad_scale)
+        return grad_x, None, grad_w, grad_b, None, None
+
+
 def layer_norm(x: Tensor, normalized_shape: int | Sequence[int], weight: Tensor | None = None,
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """``F.layer_norm``. fwd: not rescaled (already unit scale); bwd: grad_x unscaled, grad of weight and
-    bias × sqrt(normalized size / numel), i.e. × rows^-1/2."""
+    bias × sqrt(normalized size / numel), i.e. × rows^-1/2. One autograd node."""
     shape = _shape(normalized_shape)
-    grad_scale = (math.prod(shape) / x.numel()) ** 0.5
-    if weight is not None:
-        weight = scale_bwd(weight, grad_scale)
-    if bias is not None:
-        bias = scale_bwd(bias, grad_scale)
-    return F.layer_norm(x, shape, weight, bias, eps)
+    return _LayerNorm.apply(x, shape, weight, bias, eps, (math.prod(shape) / x.numel()) ** 0.5)[0]
 
 
 def rms_norm(x: Tensor, normalized_shape: int | Sequence[int], weight: Tensor | None = None,
@@ -433,8 +498,8 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100,
     loss = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
     if reduction == "sum":
         return loss
-    count = int((targets != ignore_index).sum())
-    return scale_fwd(loss, 1.0 / count if count else math.nan)
+    count = (targets != ignore_index).sum()  # a tensor: reading it as a number would wait for the device
+    return _ScaleFwdBwd.apply(loss, count.to(loss.dtype).reciprocal(), 1.0)  # 0 targets: 0·inf = NaN
 
 
 # --------------------------------------------------------------------------------------------------
