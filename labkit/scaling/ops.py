@@ -357,10 +357,12 @@ def softmax(x: Tensor, dim: int, mult: float = 1.0,
 
 
 @functools.cache
-def _causal_row_scales(seq: int, alpha: float) -> Tensor:
-    """(seq, 1) float64: the output scale of query position t, 1/σ_t = (t+1)^((1-a)/2) (see below)."""
+def _causal_row_scales(seq: int, alpha: float, dtype: torch.dtype = torch.float64,
+                       device: torch.device | None = None) -> Tensor:
+    """(seq, 1): the output scale of query position t, 1/σ_t = (t+1)^((1-a)/2) (see below), computed in
+    float64 and cached in the dtype and on the device asked for."""
     visible = torch.arange(1, seq + 1, dtype=torch.float64)
-    return visible.pow((1.0 - alpha) / 2.0)[:, None]
+    return visible.pow((1.0 - alpha) / 2.0)[:, None].to(dtype=dtype, device=device)
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True,
@@ -385,7 +387,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
     alpha = 1.0 / (1.0 + 4.0 * d_head / mult**2)
     out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=mult / d_head)
     if causal:
-        return out * _causal_row_scales(seq, alpha).to(dtype=out.dtype, device=out.device)
+        return out * _causal_row_scales(seq, alpha, out.dtype, out.device)
     return out * (1.0 / _log_interpolate(alpha, seq**-0.5, 1.0))
 
 
@@ -393,40 +395,52 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
 # Residuals and normalisation
 
 
+class _ResidualSplit(torch.autograd.Function):
+    """Two views of x; gradient of x = (τ·grad of branch + grad of skip) / √(1+τ²), in one pass."""
+
+    @staticmethod
+    def forward(x: Tensor, tau: float) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        return x.view_as(x), x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+        ctx.tau = inputs[1]
+
+    @staticmethod
+    def backward(ctx: Any, grad_branch: Tensor, grad_skip: Tensor) -> tuple[Tensor | None, None]:  # type: ignore[override]
+        return torch.add(grad_skip, grad_branch, alpha=ctx.tau).mul_((1.0 + ctx.tau * ctx.tau) ** -0.5), None
+
+
 class _ResidualAdd(torch.autograd.Function):
-    """``(skip + τ·residual) / √(1+τ²)``; gradient of residual = grad, of skip = grad / √(1+τ²)."""
+    """``(skip + τ·residual) / √(1+τ²)``; both gradients passed through unscaled."""
 
     @staticmethod
     def forward(residual: Tensor, skip: Tensor, tau: float) -> Tensor:  # type: ignore[override]
-        denom = (1.0 + tau * tau) ** 0.5
-        return torch.add(skip * (1.0 / denom), residual, alpha=tau / denom)
+        return torch.add(skip, residual, alpha=tau).mul_((1.0 + tau * tau) ** -0.5)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        ctx.tau = inputs[2]
+        pass
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        return grad, grad * (1.0 + ctx.tau * ctx.tau) ** -0.5, None
+        return grad, grad, None
 
 
 def residual_split(x: Tensor, tau: float = 1.0) -> tuple[Tensor, Tensor]:
     """Fork ``x`` into (residual-branch input, skip). fwd: both unscaled; bwd: branch grad × τ/√(1+τ²),
-    skip grad unscaled here (× 1/√(1+τ²) in :func:`residual_add`, the true gradient of its skip term).
-    Pair with :func:`residual_add` (same τ).
+    skip grad × 1/√(1+τ²). Pair with :func:`residual_add` (same τ).
 
     The branch's share of the backward scale is applied here, where the branches meet again in the
     backward pass, so the summed gradient of ``x`` stays unit scale when both incoming ones are.
-    The pair computes exactly what Graphcore's ``residual_split``/``residual_add`` compute together,
-    in two autograd nodes (:mod:`labkit.scaling.reference` has the literal four-scale version).
+    One autograd node, which also does the sum of the two gradients.
     """
-    return scale_bwd(x, tau / (1.0 + tau * tau) ** 0.5), x
+    return _ResidualSplit.apply(x, float(tau))
 
 
 def residual_add(residual: Tensor, skip: Tensor, tau: float = 1.0) -> Tensor:
-    """``(skip + τ · residual) / √(1+τ²)``. fwd: residual × τ/√(1+τ²), skip × 1/√(1+τ²); bwd: residual's
-    gradient passed through unscaled (its scale is applied in :func:`residual_split`), skip's × 1/√(1+τ²)
-    (the true gradient). One autograd node."""
+    """``(skip + τ · residual) / √(1+τ²)``. fwd: residual × τ/√(1+τ²), skip × 1/√(1+τ²); bwd: both
+    gradients passed through unscaled (their scaling happens in :func:`residual_split`). One node."""
     return _ResidualAdd.apply(residual, skip, float(tau))
 
 
@@ -493,13 +507,15 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100,
     where Graphcore divides by the number of rows; the two agree when nothing is ignored.
     """
     vocab = logits.shape[-1]
-    logits = scale_bwd(logits.reshape(-1, vocab), vocab / (vocab - 1) ** 0.5)
     targets = targets.reshape(-1)
-    loss = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+    loss = F.cross_entropy(logits.reshape(-1, vocab), targets, ignore_index=ignore_index, reduction="sum")
+    # The backward scale goes on the summed loss's (scalar) gradient: the loss's backward is linear in
+    # it, so the logits' gradient comes out scaled without another pass over the logits.
+    grad_scale = vocab / (vocab - 1) ** 0.5
     if reduction == "sum":
-        return loss
+        return scale_bwd(loss, grad_scale)
     count = (targets != ignore_index).sum()  # a tensor: reading it as a number would wait for the device
-    return _ScaleFwdBwd.apply(loss, count.to(loss.dtype).reciprocal(), 1.0)  # 0 targets: 0·inf = NaN
+    return _ScaleFwdBwd.apply(loss, count.to(loss.dtype).reciprocal(), grad_scale)  # 0 targets: 0·inf = NaN
 
 
 # --------------------------------------------------------------------------------------------------
