@@ -101,8 +101,21 @@ def scale_fwd(x: Tensor, scale: float) -> Tensor:
 
 
 def scale_bwd(x: Tensor, scale: float) -> Tensor:
-    """fwd: ``x`` unchanged; bwd: gradient × ``scale``."""
-    return scale_fwd_bwd(x, 1.0, scale)
+    """fwd: ``x`` unchanged; bwd: gradient × ``scale``.
+
+    A view of ``x`` with a gradient hook (cheaper than an autograd node); ``x`` itself when the scale is
+    1 or no gradient will flow.
+    """
+    if scale == 1.0 or not (x.requires_grad and torch.is_grad_enabled()):
+        return x
+    return _scale_grad(x.view_as(x), scale)
+
+
+def _scale_grad(t: Tensor, scale: float) -> Tensor:
+    """Multiply the gradient that reaches the non-leaf tensor ``t`` by ``scale`` (a hook); returns ``t``."""
+    if scale != 1.0 and t.requires_grad:
+        t.register_hook(lambda grad: grad * scale)
+    return t
 
 
 def rms(t: Tensor) -> float:
@@ -151,44 +164,17 @@ def _log_interpolate(alpha: float, lower: float, upper: float) -> float:
 # Matmuls and lookups
 
 
-class _ScaledLinear(torch.autograd.Function):
-    """``F.linear`` with the output scaled by ``out_scale`` and the gradients of x, W and b by their own scales.
-
-    One node instead of four ``scale_fwd_bwd`` nodes: every scale is folded into the small tensors (the
-    weight, or the weight gradient), so no extra pass over the activations is made in either direction.
-    """
-
-    @staticmethod
-    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, out_scale: float, grad_x_scale: float,  # type: ignore[override]
-                grad_w_scale: float) -> Tensor:
-        return F.linear(x, weight * out_scale, None if bias is None else bias * out_scale)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        x, weight, bias, _, ctx.grad_x_scale, ctx.grad_w_scale = inputs
-        ctx.has_bias = bias is not None
-        ctx.save_for_backward(x, weight)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, weight = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad @ (weight * ctx.grad_x_scale)
-        rows = grad.reshape(-1, grad.shape[-1])
-        if ctx.needs_input_grad[1]:
-            grad_w = (rows.t() @ x.reshape(-1, x.shape[-1])).mul_(ctx.grad_w_scale)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = rows.sum(0).mul_(ctx.grad_w_scale)
-        return grad_x, grad_w, grad_b, None, None, None
-
-
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, constraint: Constraint,
             output_power: float) -> Tensor:
     fan_out, fan_in = weight.shape
     batch = x.numel() // fan_in
     output_scale, grad_x_scale = _constrain(constraint, fan_in**-output_power, fan_out**-0.5)
-    return _ScaledLinear.apply(x, weight, bias, output_scale, grad_x_scale, batch**-0.5)
+    # The output scale is folded into the (small) weight and bias, so plain autograd computes the true
+    # gradients of x W^T·s: grad_x × s and grad_W × s. Hooks turn those into the rule's scales; when the
+    # constraint ties grad_x to the output (the default) x needs none. No pass over the activations.
+    weight = _scale_grad(weight * output_scale, batch**-0.5 / output_scale)
+    bias = None if bias is None else _scale_grad(bias * output_scale, batch**-0.5 / output_scale)
+    return F.linear(scale_bwd(x, grad_x_scale / output_scale), weight, bias)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
