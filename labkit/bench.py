@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:28s}{times[name]:8.2f} ms  {times[name] / reference:6.2f}×")
     for name in sorted(set(variants) - set(available)):
         print(f"{name:28s}    (not implemented)")
-    print(f"\n== peer: Graphcore's {PEER} {peer_version() or ''}, measured in the same rotation")
+    version = peer_version()
+    print(f"\n== peer: Graphcore's {PEER}" + (f" {version}, timed in the same rotation as above" if version else ""))
     if why_no_peer:
         print(why_no_peer)
     else:

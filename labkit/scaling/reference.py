@@ -1,11 +1,12 @@
 """The unit-scaled ops written literally: each scale its own ``scale_fwd``/``scale_bwd`` node.
 
-:mod:`labkit.scaling.ops` computes some ops with fewer autograd nodes (a residual split/add pair in two
-nodes that also sum the gradients, a layer norm or a GELU in one, the LSTM in PyTorch's fused kernel) because on a small model the
-cost of unit scaling is the Python and autograd overhead of many small nodes, not arithmetic. Those
-fast versions must compute the same numbers. This module keeps the plain versions, one line per rule,
-to read and to test against: ``reference_ops(ops)`` swaps them into a unit-scaled op table, and
-``tests/test_fast_paths.py`` checks that a model built either way gives the same output and gradients.
+:mod:`labkit.scaling.ops` computes some ops with fewer autograd nodes and fewer passes over the
+activations (a residual split that also sums its two gradients, a layer norm or a GELU in one node, the
+LSTM in PyTorch's fused kernel), because on a small model the cost of unit scaling is those extra nodes
+and elementwise passes, not the arithmetic of the scales. The fast versions must compute the same
+numbers. This module keeps the plain versions, one line per rule, to read and to test against:
+``reference_ops(ops)`` swaps them into a unit-scaled op table, and ``tests/test_fast_paths.py`` checks
+that a model built either way gives the same output and gradients.
 """
 
 from __future__ import annotations
