@@ -2,9 +2,16 @@
 
 Unit Scaling (Blake, Orr & Luschi, ICML 2023; see ``SCIENCE.md`` section 2) keeps every tensor of the
 forward *and* backward pass near unit scale at initialisation (weights drawn N(0, 1)). Each op multiplies
-its output by a fixed forward scale and each gradient it produces by a fixed backward scale. Everything
-here is built on one primitive, :func:`scale_fwd_bwd`, and each function's docstring states its rule
-(``fwd``: the output scale; ``bwd``: the scale of each gradient the op produces).
+its output by a fixed forward scale and each gradient it produces by a fixed backward scale. The
+primitive is :func:`scale_fwd_bwd`, and each function's docstring states its rule (``fwd``: the output
+scale; ``bwd``: the scale of each gradient the op produces).
+
+Speed: the scales cost no arithmetic to speak of, but each extra autograd node and each extra pass over
+an activation does. So forward scales are folded into the small tensors (weights, biases) where the op
+allows, weight-gradient scales are gradient hooks on those, and a few ops are one autograd node each
+(GELU, layer norm, the residual split and add); the LSTM runs PyTorch's fused kernel. The same rules
+written literally, one ``scale_fwd``/``scale_bwd`` per scale, are in :mod:`labkit.scaling.reference`
+(and the Python-loop LSTM in :func:`lstm_reference`); the tests check both give the same numbers.
 
 Conventions:
 
