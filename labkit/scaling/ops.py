@@ -9,7 +9,7 @@ scale; ``bwd``: the scale of each gradient the op produces).
 Speed: the scales cost no arithmetic to speak of, but each extra autograd node and each extra pass over
 an activation does. So forward scales are folded into the small tensors (weights, biases) where the op
 allows, weight-gradient scales are gradient hooks on those, and a few ops are one autograd node each
-(GELU, layer norm, the residual split and add); the LSTM runs PyTorch's fused kernel. The same rules
+(GELU, the residual split and add); the LSTM runs PyTorch's fused kernel. The same rules
 written literally, one ``scale_fwd``/``scale_bwd`` per scale, are in :mod:`labkit.scaling.reference`
 (and the Python-loop LSTM in :func:`lstm_reference`); the tests check both give the same numbers.
 
@@ -441,38 +441,17 @@ def _shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
     return (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
 
 
-class _LayerNorm(torch.autograd.Function):
-    """``F.layer_norm`` whose weight and bias gradients are × ``param_grad_scale`` (x's is the true one)."""
-
-    @staticmethod
-    def forward(x: Tensor, shape: tuple[int, ...], weight: Tensor | None, bias: Tensor | None,  # type: ignore[override]
-                eps: float, param_grad_scale: float) -> tuple[Tensor, Tensor, Tensor]:
-        return torch.native_layer_norm(x, shape, weight, bias, eps)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
-        x, ctx.shape, weight, bias, _, ctx.param_grad_scale = inputs
-        _, mean, rstd = output
-        ctx.mark_non_differentiable(mean, rstd)
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor, *_: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, weight, bias, mean, rstd = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]]
-        grad_x, grad_w, grad_b = torch.ops.aten.native_layer_norm_backward(
-            grad, x, ctx.shape, mean, rstd, weight, bias, mask)
-        grad_w = None if grad_w is None else grad_w.mul_(ctx.param_grad_scale)
-        grad_b = None if grad_b is None else grad_b.mul_(ctx.param_grad_scale)
-        return grad_x, None, grad_w, grad_b, None, None
-
-
 def layer_norm(x: Tensor, normalized_shape: int | Sequence[int], weight: Tensor | None = None,
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """``F.layer_norm``. fwd: not rescaled (already unit scale); bwd: grad_x unscaled, grad of weight and
-    bias × sqrt(normalized size / numel), i.e. × rows^-1/2. One autograd node."""
+    bias × sqrt(normalized size / numel), i.e. × rows^-1/2 (gradient hooks: no extra autograd node)."""
     shape = _shape(normalized_shape)
-    return _LayerNorm.apply(x, shape, weight, bias, eps, (math.prod(shape) / x.numel()) ** 0.5)[0]
+    grad_scale = (math.prod(shape) / x.numel()) ** 0.5
+    if weight is not None:
+        weight = scale_bwd(weight, grad_scale)
+    if bias is not None:
+        bias = scale_bwd(bias, grad_scale)
+    return F.layer_norm(x, shape, weight, bias, eps)
 
 
 def rms_norm(x: Tensor, normalized_shape: int | Sequence[int], weight: Tensor | None = None,

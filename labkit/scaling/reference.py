@@ -1,8 +1,8 @@
 """The unit-scaled ops written literally: each scale its own ``scale_fwd``/``scale_bwd`` node.
 
 :mod:`labkit.scaling.ops` computes some ops with fewer autograd nodes and fewer passes over the
-activations (a residual split that also sums its two gradients, a layer norm or a GELU in one node, the
-LSTM in PyTorch's fused kernel), because on a small model the cost of unit scaling is those extra nodes
+activations (a residual split that also sums its two gradients, a GELU in one node, the LSTM in PyTorch's
+fused kernel), because on a small model the cost of unit scaling is those extra nodes
 and elementwise passes, not the arithmetic of the scales. The fast versions must compute the same
 numbers. This module keeps the plain versions, one line per rule, to read and to test against:
 ``reference_ops(ops)`` swaps them into a unit-scaled op table, and ``tests/test_fast_paths.py`` checks
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
 from typing import Literal
 
 import torch.nn.functional as F
@@ -37,18 +36,6 @@ def residual_add(residual: Tensor, skip: Tensor, tau: float = 1.0) -> Tensor:
     return U.scale_fwd(residual, tau / denom) + U.scale_fwd(skip, 1.0 / denom)
 
 
-def layer_norm(x: Tensor, normalized_shape: int | Sequence[int], weight: Tensor | None = None,
-               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
-    """``F.layer_norm``. fwd: not rescaled; bwd: grad_x unscaled, grad of weight and bias × rows^-1/2."""
-    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-    grad_scale = (math.prod(shape) / x.numel()) ** 0.5
-    if weight is not None:
-        weight = U.scale_bwd(weight, grad_scale)
-    if bias is not None:
-        bias = U.scale_bwd(bias, grad_scale)
-    return F.layer_norm(x, shape, weight, bias, eps)
-
-
 def gelu(x: Tensor, approximate: Literal["none", "tanh"] = "none",
          constraint: U.Constraint = U.Constraint.TO_OUTPUT_SCALE) -> Tensor:
     """GELU. fwd: × 1/std(gelu(X)); bwd: grad of x × the (constrained) backward scale (as silu, tanh, ...)."""
@@ -68,6 +55,6 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> 
 def reference_ops(ops: Ops) -> Ops:
     """A unit-scaled op table (``Unit().ops()``, ``UMuP().ops()``) with its fast ops replaced by the
     literal ones above and the LSTM by the Python loop ``ops.lstm_reference``: same numbers, slower."""
-    return ops.replace(residual_split=residual_split, residual_add=residual_add, layer_norm=layer_norm,
-                       gelu=gelu, cross_entropy=cross_entropy,
+    return ops.replace(residual_split=residual_split, residual_add=residual_add, gelu=gelu,
+                       cross_entropy=cross_entropy,
                        lstm=functools.partial(unit.lstm, layer=U.lstm_reference))
