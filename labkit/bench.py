@@ -51,10 +51,12 @@ def bare_step(config: RunConfig) -> Callable[[], None]:
     return run_step
 
 
-def interleaved_step_times(functions: dict[str, Callable[[], None]], steps: int,
+def interleaved_step_times(contenders: dict[str, RunConfig | Callable[[], None]], steps: int,
                            warmup: int = 3) -> dict[str, list[float]]:
-    """Seconds per call of each step function, the contenders taking turns step by step in a rotating order,
-    so a busy spell of a shared machine slows all of them alike; ``warmup`` turns are not counted."""
+    """Seconds per step of each contender (a config, run as its :func:`bare_step`, or a step function), the
+    contenders taking turns step by step in a rotating order, so a busy spell of a shared machine slows all
+    of them alike; ``warmup`` turns are not counted."""
+    functions = {label: bare_step(c) if isinstance(c, RunConfig) else c for label, c in contenders.items()}
     labels = list(functions)
     times: dict[str, list[float]] = {label: [] for label in labels}
     for turn in range(warmup + steps):
@@ -109,8 +111,8 @@ def compare_configs(configs: dict[str, RunConfig], steps: int,
                     others: dict[str, Callable[[], None]] | None = None) -> dict[str, float]:
     """Median bare step time of each config (and of each of ``others``, step functions) in ms, all measured
     interleaved in one rotation (first entry is the reference)."""
-    functions = {name: bare_step(config) for name, config in configs.items()} | (others or {})
-    return {name: 1e3 * statistics.median(t) for name, t in interleaved_step_times(functions, steps).items()}
+    contenders = {**configs, **(others or {})}
+    return {name: 1e3 * statistics.median(t) for name, t in interleaved_step_times(contenders, steps).items()}
 
 
 def main(argv: list[str] | None = None) -> None:
