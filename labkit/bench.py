@@ -52,16 +52,17 @@ def bare_step(config: RunConfig) -> Callable[[], None]:
 
 
 def interleaved_step_times(contenders: dict[str, RunConfig | Callable[[], None]], steps: int,
-                           warmup: int = 3) -> dict[str, list[float]]:
+                           warmup: int = 3, clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
     """Seconds per step of each contender (a config, run as its :func:`bare_step`, or a step function), the
     contenders taking turns step by step in a rotating order, so a busy spell of a shared machine slows all
-    of them alike; ``warmup`` turns are not counted."""
+    of them alike; ``warmup`` turns are not counted. ``clock``: wall time by default; ``time.thread_time``
+    (CPU time of this thread) is steadier on a machine shared with other processes."""
     functions = {label: bare_step(c) if isinstance(c, RunConfig) else c for label, c in contenders.items()}
     labels = list(functions)
     times: dict[str, list[float]] = {label: [] for label in labels}
     for turn in range(warmup + steps):
         for label in labels[turn % len(labels):] + labels[:turn % len(labels)]:
-            elapsed = _timed(functions[label])
+            elapsed = _timed(functions[label], clock)
             if turn >= warmup:
                 times[label].append(elapsed)
     return times
@@ -84,10 +85,10 @@ def matmul_flops_per_s(n: int = 2048, repeats: int = 3) -> float:
     return 2 * n**3 / best
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def _timed(fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> float:
+    start = clock()
     fn()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def compare_engine(config: RunConfig, steps: int, rounds: int) -> dict[str, float]:
@@ -108,11 +109,13 @@ def compare_engine(config: RunConfig, steps: int, rounds: int) -> dict[str, floa
 
 
 def compare_configs(configs: dict[str, RunConfig], steps: int,
-                    others: dict[str, Callable[[], None]] | None = None) -> dict[str, float]:
+                    others: dict[str, Callable[[], None]] | None = None,
+                    clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median bare step time of each config (and of each of ``others``, step functions) in ms, all measured
     interleaved in one rotation (first entry is the reference)."""
     contenders = {**configs, **(others or {})}
-    return {name: 1e3 * statistics.median(t) for name, t in interleaved_step_times(contenders, steps).items()}
+    times = interleaved_step_times(contenders, steps, clock=clock)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,6 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=40, help="steps per round and contender")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="time the scaling/format/peer steps by wall clock (default) or by the CPU time of "
+                             "the training thread (steadier when other processes load the machine)")
     parser.add_argument("--no-peer", dest="peer", action="store_false",
                         help=f"skip the comparison with Graphcore's {PEER} (Transformer only)")
     args = parser.parse_args(argv)
@@ -145,9 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     variants = {name: config.replace(**changes) for name, changes in _variants().items()}
     available = {name: c for name, c in variants.items() if _implemented(c)}
     peer, why_no_peer = _peer_steps(config, args.peer)
-    times = compare_configs(available, args.steps * args.rounds, {f"peer {n}": f for n, f in peer.items()})
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    times = compare_configs(available, args.steps * args.rounds, {f"peer {n}": f for n, f in peer.items()}, clock)
     reference = times["standard fp32"]
-    print("\n== scaling methods and simulated formats (bare loop, vs standard fp32)")
+    print("\n== scaling methods and simulated formats (bare loop, vs standard fp32)"
+          + (", CPU time of the training thread" if args.clock == "cpu" else ""))
     for name in available:
         print(f"{name:28s}{times[name]:8.2f} ms  {times[name] / reference:6.2f}×")
     for name in sorted(set(variants) - set(available)):

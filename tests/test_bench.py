@@ -50,3 +50,14 @@ def test_peer_version_is_none_without_the_library(monkeypatch) -> None:
 
     monkeypatch.setattr(builtins, "__import__", no_unit_scaling)
     assert peer.peer_version() is None
+
+
+def test_cpu_clock_ignores_time_the_thread_spends_off_the_cpu() -> None:
+    import time
+
+    def nap() -> None:
+        time.sleep(0.02)  # what a step looks like while other processes hold the cores
+
+    wall = bench.interleaved_step_times({"nap": nap}, steps=2, warmup=0)["nap"]
+    cpu = bench.interleaved_step_times({"nap": nap}, steps=2, warmup=0, clock=time.thread_time)["nap"]
+    assert min(wall) >= 0.02 and max(cpu) < 0.01
