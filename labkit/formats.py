@@ -49,6 +49,7 @@ Overflow semantics (the same for both rounding modes, and what torch 2.13's cast
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -597,8 +598,8 @@ def simulated_ops(ops: Ops, fwd: NumberFormat, bwd: NumberFormat, rounding: Roun
     training recipe runs it: inputs and weights rounded to ``fwd``, the gradient arriving at the output
     rounded to ``bwd``. Norms, nonlinearities and the loss stay FP32, as in mixed-precision recipes.
 
-    The fused LSTM rounds its inputs and weights but not its internal recurrent state (the kernel is
-    opaque); the unit-scaled LSTM is made of the table's linear ops and is rounded throughout.
+    The LSTM rounds its inputs and weights but not its internal recurrent state (the fused kernel is
+    opaque, and the unit-scaled LSTM runs the same kernel).
     """
 
     def q_in(t: torch.Tensor) -> torch.Tensor:
@@ -619,6 +620,7 @@ def simulated_ops(ops: Ops, fwd: NumberFormat, bwd: NumberFormat, rounding: Roun
     def attention(q, k, v):
         return q_out(ops.attention(q_in(q), q_in(k), q_in(v)))
 
+    @functools.wraps(ops.lstm)
     def lstm(x, weights, num_layers, training):
         return q_out(ops.lstm(q_in(x), [q_in(w) for w in weights], num_layers, training))
 

@@ -151,7 +151,7 @@ class Fp8Matmul:
 
 
 class _Fp8Linear(torch.autograd.Function):
-    """``F.linear`` in real FP8, with the scales of ``labkit.scaling.ops._ScaledLinear`` (all 1 for standard).
+    """``F.linear`` in real FP8, with the scales of ``labkit.scaling.ops.linear`` (all 1 for standard).
 
     fwd: ``Y = out_scale · (X_fp8 · W_fp8ᵀ + b)``; bwd: ``dX = grad_x_scale · dY_fp8 · W_fp8``,
     ``dW = grad_w_scale · dY_fp8ᵀ · X_fp8``, ``db = grad_w_scale · Σ dY_fp8``. X and W are saved in FP8.

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from labkit.devices import cuda_memory
-from labkit.models.layers import LSTM, fused_lstm
+from labkit.models.layers import LSTM, runs_fused_kernel
 
 _PROCESS = psutil.Process(os.getpid())
 
@@ -168,8 +168,8 @@ def flops_per_step(model: nn.Module, ids: Tensor, loss_fn) -> int:
 
 
 def _fused_lstm_flops(lstm: LSTM, tokens: int) -> int:
-    if lstm.op is not fused_lstm:
-        return 0  # written-out LSTMs (unit-scaled, low precision) are counted by FlopCounterMode
+    if not runs_fused_kernel(lstm.op):
+        return 0  # written-out LSTMs (the unit-scaled reference loop) are counted by FlopCounterMode
     h = lstm.hidden_size
     fan_ins = [lstm.input_size] + [h] * (lstm.num_layers - 1)
     return 3 * sum(2 * 4 * h * (fan_in + h) for fan_in in fan_ins) * tokens

@@ -53,6 +53,16 @@ def fused_lstm(x: Tensor, weights: Sequence[Tensor], num_layers: int, training: 
     return output
 
 
+#: Marks an LSTM op that runs PyTorch's fused kernel, whose matmuls FLOP counting cannot see (it adds
+#: them by formula, ``labkit.instrument``); wrappers made with ``functools.wraps`` keep the mark.
+fused_lstm.runs_fused_kernel = True
+
+
+def runs_fused_kernel(op: Callable[..., Tensor]) -> bool:
+    """Whether the LSTM op ``op`` (or the op it wraps) runs PyTorch's fused kernel."""
+    return getattr(op, "runs_fused_kernel", False)
+
+
 @dataclass(frozen=True)
 class Ops:
     """The functions a model's forward pass calls. Replace fields to change the arithmetic.

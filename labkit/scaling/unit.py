@@ -13,7 +13,8 @@ readout (last projection to logits) is scaled like any matmul but left unconstra
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -40,12 +41,17 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return U.scaled_dot_product_attention(q, k, v, causal=True)
 
 
-def lstm(x: Tensor, weights: Sequence[Tensor], num_layers: int, training: bool) -> Tensor:
-    """Stacked unit-scaled LSTM layers (``ops.lstm``), zero initial state, batch-first."""
-    for layer in range(num_layers):
-        w_ih, w_hh, b_ih, b_hh = weights[4 * layer: 4 * layer + 4]
-        x, _ = U.lstm(x, w_ih, w_hh, b_ih, b_hh)
+def lstm(x: Tensor, weights: Sequence[Tensor], num_layers: int, training: bool,
+         layer: Callable[..., tuple[Tensor, Any]] = U.lstm) -> Tensor:
+    """Stacked unit-scaled LSTM layers, zero initial state, batch-first. Each ``layer`` is ``ops.lstm``
+    (PyTorch's fused kernel) or, for the readable reference path, ``ops.lstm_reference`` (a loop)."""
+    for i in range(num_layers):
+        w_ih, w_hh, b_ih, b_hh = weights[4 * i: 4 * i + 4]
+        x, _ = layer(x, w_ih, w_hh, b_ih, b_hh)
     return x
+
+
+lstm.runs_fused_kernel = True  # with the default layer (see labkit.models.layers.runs_fused_kernel)
 
 
 def readout(x: Tensor, weight: Tensor, bias: Tensor | None = None, kernel: object = None) -> Tensor:
