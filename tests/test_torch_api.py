@@ -31,6 +31,10 @@ from packaging.version import Version
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 AUDITED = {
+    "torch.is_grad_enabled",
+    "torch.ops",
+    "torch.ops.aten",
+    "torch.ops.aten.gelu_backward",
     "torch._foreach_mul",
     "torch._foreach_sub",
     "torch.enable_grad",

@@ -176,6 +176,8 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, constraint: Constrai
     fan_out, fan_in = weight.shape
     batch = x.numel() // fan_in
     output_scale, grad_x_scale = _constrain(constraint, fan_in**-output_power, fan_out**-0.5)
+    if kernel is not None:  # real FP8 (labkit.fp8.Fp8Matmul): the same scales, applied after the FP8 matmuls
+        return kernel.linear(x, weight, bias, output_scale, grad_x_scale, batch**-0.5)
     # The output scale is folded into the (small) weight and bias, so plain autograd computes the true
     # gradients of x W^T·s: grad_x × s and grad_W × s. Hooks turn those into the rule's scales; when the
     # constraint ties grad_x to the output (the default) x needs none. No pass over the activations.
