@@ -7,6 +7,7 @@ background run is awaited with ``Lab.wait``. Every run is tiny (width 32, one la
 from __future__ import annotations
 
 import importlib
+import math
 import time
 
 import numpy as np
@@ -17,7 +18,8 @@ from labkit.config import RunConfig
 from labkit.runs import RunStatus, RunStore
 from labkit.ui import Lab
 from labkit.ui.charts import KEY_GROUPS, MIB, NO_SCALE_NOTE, ChartSet, LiveFigure, RunSeries, thin_index
-from labkit.ui.controls import Controls, describe_lr, format_bytes
+from labkit.train import peak_learning_rate
+from labkit.ui.controls import SCALING_CHOICES, Controls, describe_lr, format_bytes
 
 TINY = dict(arch="transformer", width=32, depth=1, heads=2, seq_len=32, batch_size=8, steps=30, eval_every=10,
             eval_batches=2)
@@ -67,6 +69,22 @@ def test_learning_rate_auto_follows_the_method_until_the_slider_moves():
     controls.lr_auto.value = True
     assert controls.config().lr is None
 
+
+
+def test_auto_learning_rate_survives_the_browser_echoing_the_slider_back():
+    """The browser's FloatLogSlider answers every move the kernel makes with base ** log(value), rounded: 0.5
+    comes back as 0.4999999999999988 (seen in Chromium). That echo must not untick auto nor change the LR."""
+    controls = Controls(RunConfig(**TINY))
+    for label, method in SCALING_CHOICES + SCALING_CHOICES[:1]:
+        controls.scaling.value = method
+        default = peak_learning_rate(controls.config().replace(lr=None))
+        controls.lr.set_state({"value": 2.0 ** (math.log(default) / math.log(2) * (1 + 4e-16))})  # the echo
+        assert controls.lr_auto.value, f"auto unticked by the echo after choosing {label}"
+        assert controls.config().lr is None and f"default of {label} " in controls.lr_readout.value
+    controls.lr.set_state({"value": 2.0**-3})  # a real move (one slider step is 2^0.25)
+    assert not controls.lr_auto.value and controls.config().lr == 2.0**-3
+    controls.lr.set_state({"value": 2.0**-3 * (1 - 1e-15)})  # its echo keeps the exact value
+    assert controls.config().lr == 2.0**-3
 
 def test_readouts_show_powers_of_two_and_ten():
     assert describe_lr(2.0**-8) == "0.00391 = 2⁻⁸ ≈ 10⁻²·⁴"

@@ -117,11 +117,16 @@ class Controls:
                                        continuous_update=False, style=LABEL_STYLE, layout=ROW)
         self.size = widgets.HTML(layout=widgets.Layout(margin="0 0 0 104px"))
         lr = cfg.lr if cfg.lr is not None else 2.0**-8
+        #: The learning rate the slider stands for, exactly. The browser's FloatLogSlider recomputes its value as
+        #: base ** log(value) whenever the kernel moves it and sends that back (0.5 returns as 0.4999999999999988),
+        #: so the slider's own value is only an input: see ``_lr_moved``.
+        self._lr_value = lr
         self.lr = widgets.FloatLogSlider(value=lr, base=2, min=LR_LOG2_RANGE[0], max=LR_LOG2_RANGE[1], step=0.25,
                                          description="learning rate", readout=False, continuous_update=True,
                                          style=LABEL_STYLE, layout=widgets.Layout(width="300px"))
         self.lr_auto = widgets.Checkbox(value=cfg.lr is None, description="auto", indent=False,
                                         layout=widgets.Layout(width="70px"))
+        self.lr_auto.add_class("labkit-lr-auto")
         self.lr_readout = widgets.HTML(layout=widgets.Layout(margin="0 0 0 104px"))
         self.optimizer = widgets.ToggleButtons(options=OPTIMIZER_CHOICES, value=cfg.optimizer,
                                                description="optimizer",
@@ -163,7 +168,7 @@ class Controls:
     def values(self) -> dict[str, Any]:
         """The raw widget values, keyed by RunConfig field (``lr`` is None in auto mode)."""
         values = {name: w.value for name, w in self.fields.items()}
-        values["lr"] = None if self.lr_auto.value else float(self.lr.value)
+        values["lr"] = None if self.lr_auto.value else self._lr_value
         return values
 
     def config(self) -> RunConfig:
@@ -184,7 +189,7 @@ class Controls:
                 w.value = value
             self.lr_auto.value = config.lr is None
             if config.lr is not None:
-                self.lr.value = config.lr
+                self._show_lr(config.lr)
         finally:
             self._updating = False
         self._refresh()
@@ -204,9 +209,22 @@ class Controls:
         return self._vocab_size
 
     # -- reactions -------------------------------------------------------------------------------------------
+    def _show_lr(self, lr: float) -> None:
+        """Move the slider to ``lr`` without it counting as the user's choice."""
+        self._lr_value = lr
+        updating, self._updating = self._updating, True
+        try:
+            self.lr.value = lr
+        finally:
+            self._updating = updating
+
     def _lr_moved(self, change: dict[str, Any]) -> None:
         if self._updating:
             return
+        new = float(change["new"])
+        if abs(math.log2(new) - math.log2(self._lr_value)) < self.lr.step / 2:
+            return  # the browser echoing, rounded, the value the kernel set: not a move of the slider
+        self._lr_value = new
         self._updating = True
         try:
             self.lr_auto.value = False  # the user chose a value: no longer automatic
@@ -226,18 +244,14 @@ class Controls:
 
     def _refresh_lr(self) -> None:
         if not self.lr_auto.value:
-            self.lr_readout.value = f"<small>lr = {describe_lr(self.lr.value)}</small>"
+            self.lr_readout.value = f"<small>lr = {describe_lr(self._lr_value)}</small>"
             return
         try:
             lr = default_lr(self.base.replace(scaling=self.scaling.value, optimizer=self.optimizer.value))
         except (NotImplementedError, ConfigError) as exc:
             self.lr_readout.value = f"<small>auto: {html.escape(str(exc))}</small>"
             return
-        self._updating = True
-        try:
-            self.lr.value = lr
-        finally:
-            self._updating = False
+        self._show_lr(lr)
         self.lr_readout.value = (f"<small>auto: lr = {describe_lr(lr)} (default of "
                                  f"{self.scaling.label} with {self.optimizer.label})</small>")
 
