@@ -16,9 +16,9 @@ import pytest
 
 from labkit.config import RunConfig
 from labkit.runs import RunStatus, RunStore
+from labkit.train import peak_learning_rate
 from labkit.ui import Lab
 from labkit.ui.charts import KEY_GROUPS, MIB, NO_SCALE_NOTE, ChartSet, LiveFigure, RunSeries, thin_index
-from labkit.train import peak_learning_rate
 from labkit.ui.controls import SCALING_CHOICES, Controls, describe_lr, format_bytes
 
 TINY = dict(arch="transformer", width=32, depth=1, heads=2, seq_len=32, batch_size=8, steps=30, eval_every=10,
@@ -329,3 +329,25 @@ def test_headless_notebook_runs_the_panel(tmp_path):
     client.execute()
     outputs = nb.cells[-1].outputs
     assert any("finished ok" in o.get("text", "") for o in outputs), outputs
+
+
+def test_an_interrupt_stops_a_run_trained_in_the_main_thread_and_the_cell_ends_normally(tmp_path):
+    """What Stop does while a cell trains: the kernel gets SIGINT; the run stops, no KeyboardInterrupt escapes."""
+    import os
+    import signal
+    import threading
+
+    lab = Lab(RunConfig(**{**TINY, "steps": 100_000}), store=RunStore(tmp_path))
+    before = signal.getsignal(signal.SIGINT)
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        run = lab.train()
+    finally:
+        timer.cancel()
+    assert run.status is RunStatus.STOPPED and 0 < run.last_step < 100_000
+    assert signal.getsignal(signal.SIGINT) is before and not lab.stop_button.interrupt
+    entry = lab.entry(run)
+    assert entry.ended - entry.stop_requested < 1.0, "the run went on for a second after the interrupt"
+    assert "s after Stop" in lab.status_text
+    assert lab.train(steps=5).status is RunStatus.FINISHED  # the next cell's run

@@ -6,7 +6,9 @@
     lab.train(scaling="seed-l2-once")    # the same from code (blocks; for scripts and nbval)
     lab.figure()                         # a static go.Figure of every shown run; lab.to_html("runs.html")
 
-Training runs in a ``threading.Thread`` so the kernel stays free for the Stop button. Measured on a busy
+Training runs in a ``threading.Thread`` so the kernel stays free for the Stop button. A run a notebook cell
+trains (``lab.train()``) blocks the kernel instead, so cells run in order; Stop then interrupts the kernel through
+its control channel and the run stops after its current step (``labkit.ui.stop``). Measured on a busy
 2-core machine with a real kernel: a request sent while a run trains is answered in 40 ms (median; worst
 0.3 s) with a thread, 83 ms (worst 2.4 s) with an asyncio task that yields after every step, and the
 engine's loop is synchronous anyway; the browser tests show Stop working in JupyterLab and Voilà alike.
@@ -37,6 +39,7 @@ from labkit.config import ConfigError, RunConfig
 from labkit.runs import Run, RunStatus, RunStore
 from labkit.ui.charts import MIB, ChartSet, RunSeries, run_colour, run_label, static_figure
 from labkit.ui.controls import Controls, describe_lr
+from labkit.ui.stop import StopButton, stop_on_interrupt
 
 #: With no config given, per-layer scales are sampled every this many steps (they feed the fourth chart).
 DEFAULT_SCALES_EVERY = 25
@@ -60,6 +63,7 @@ class RunEntry:
     ended: float | None = None
     ui_error: str | None = None
     toggle: widgets.Checkbox | None = None
+    stop_requested: float | None = None  # perf_counter() of the Stop click that ended it
 
     @property
     def label(self) -> str:
@@ -95,8 +99,8 @@ class Lab:
 
         self.train_button = widgets.Button(description="Train", button_style="primary", icon="play",
                                            tooltip="start a run with these settings (it is added to the charts)")
-        self.stop_button = widgets.Button(description="Stop", button_style="warning", icon="stop", disabled=True,
-                                          tooltip="stop after the current step; the run is kept")
+        self.stop_button = StopButton(disabled=True, tooltip="stop after the current step; the run is kept (also "
+                                                            "a run that a notebook cell trains)")
         self.reset_button = widgets.Button(description="Reset", icon="trash",
                                            tooltip="remove every run from the charts and the table "
                                                    "(saved runs stay on disk)")
@@ -170,11 +174,20 @@ class Lab:
         """Train one run to its end in the calling thread, drawing it live, and return it.
 
         The programmatic twin of the Train button, for scripts and notebooks run headless. Errors of the
-        setting or of the run are shown in the status line and raised.
+        setting or of the run are shown in the status line and raised. In the kernel's main thread, Stop (and
+        the notebook's interrupt ■) stops the run after its current step and the cell ends normally.
         """
         entry, trainer = self._prepare(config, overrides)
-        self._execute(entry, trainer, True)
+        with stop_on_interrupt(lambda: self._interrupted(entry, trainer), self.stop_button):
+            self._execute(entry, trainer, True)
         return entry.run
+
+    @staticmethod
+    def _interrupted(entry: RunEntry, trainer: Any) -> None:
+        """SIGINT while a cell trains (a signal handler: set flags, nothing else)."""
+        if entry.stop_requested is None:
+            entry.stop_requested = time.perf_counter()
+        trainer.stop()
 
     def wait(self, timeout: float | None = None) -> Run | None:
         """Wait for the background run to end (at most ``timeout`` seconds); return the latest run."""
@@ -189,6 +202,7 @@ class Lab:
         if trainer is None or entry is None:
             self._set_status("Nothing is training.", "info")
             return
+        entry.stop_requested = time.perf_counter()
         trainer.stop()
         self.stop_button.disabled = True
         self._set_status(f"Stopping run {entry.label} after the current step…", "running")
@@ -369,7 +383,9 @@ class Lab:
             self._set_status(f"Run {entry.label} finished: {step:,} steps{val_text}{rate_text}.{saved}", "ok")
         elif status is RunStatus.STOPPED:
             self.progress.bar_style = "warning"
-            self._set_status(f"Run {entry.label} stopped at step {step:,} of {run.config.steps:,}; "
+            after = (f" {entry.ended - entry.stop_requested:.2f} s after Stop" if entry.stop_requested is not None
+                     and entry.ended is not None else "")
+            self._set_status(f"Run {entry.label} stopped at step {step:,} of {run.config.steps:,}{after}; "
                              f"its {len(run.records):,} records are kept.{saved}", "warn")
         elif status is RunStatus.DIVERGED:
             self.progress.bar_style = "danger"
