@@ -9,8 +9,11 @@ Each record (every ``log_every`` steps, and at every evaluation and the last ste
 the training step itself), ``tokens_per_s`` and ``instr_time`` (seconds spent measuring).
 
 A run ends ``finished``; ``stopped`` when :meth:`Trainer.stop` is called (from any thread, e.g. a Stop
-button) or on Ctrl-C; ``diverged`` at the first step whose loss is NaN or infinite; ``failed`` on an
-error. In every case the records so far are kept and, with a store, saved.
+button) or on Ctrl-C; ``diverged`` at the first step whose loss is NaN or infinite or once the smoothed loss
+has risen well above where it started (``labkit.divergence``: the step and the reason are in
+``run.info["divergence"]`` and ``run.error``); ``failed`` on an error. A finished run that ended no better
+than a uniform guess carries ``run.info["did_not_learn"]``. In every case the records so far are kept and, with
+a store, saved.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch import nn
 from labkit.build import ResourceError, build_for_run, load_corpus, resolve_device
 from labkit.config import LossScaling, NumberFormat, Optimizer, RunConfig, Schedule
 from labkit.data import Corpus
+from labkit.divergence import DivergenceDetector
 from labkit.formats import LossScaler, OverflowCounter, bytes_per_value
 from labkit.instrument import MemoryMeter, NormMeter, flops_per_step
 from labkit.models import build_model, count_parameters
@@ -185,6 +189,7 @@ class Trainer:
         self._save()
 
         tokens_per_step = cfg.batch_size * cfg.seq_len
+        divergence = DivergenceDetector(vocab)
         model.train()  # validation_loss() switches to eval mode and back; nothing else changes the mode
         for step in range(1, cfg.steps + 1):
             if self._stop.is_set():
@@ -204,11 +209,13 @@ class Trainer:
                     logits = model(x)
                     loss = ops.cross_entropy(logits.flatten(0, 1), y.flatten())
                 loss_value = loss.item()
-                if not math.isfinite(loss_value):
+                diverged = divergence.update(step, loss_value)
+                if diverged:
                     run.records.append({"step": step, "tokens": step * tokens_per_step, "train_loss": loss_value,
                                         "lr": lr})
                     run.status = RunStatus.DIVERGED
-                    run.error = f"loss became {loss_value} at step {step}: lower the learning rate (was {lr:.3g})"
+                    run.error = f"{diverged}: lower the learning rate (was {lr:.3g})"
+                    run.info["divergence"] = {"step": step, "reason": diverged}
                     return
                 optimizer.zero_grad(set_to_none=True)
                 (scaler.scale(loss) if scaler else loss).backward()
@@ -237,6 +244,8 @@ class Trainer:
             if evaluate:
                 self._save()
         run.status = RunStatus.FINISHED
+        if (not_learned := divergence.did_not_learn()) is not None:
+            run.info["did_not_learn"] = not_learned
 
     @torch.no_grad()
     def validation_loss(self, model: nn.Module, corpus: Corpus, device: torch.device) -> float:
