@@ -78,12 +78,18 @@ class Lab:
     Runs are saved to ``store`` (default: ``RunStore()``, i.e. ``runs/`` or ``$LABKIT_RUNS_DIR``) unless
     ``save=False``. Charts are redrawn at most every ``refresh_interval`` seconds and at most so often that
     drawing stays under ``max_ui_fraction`` of the elapsed time; each trace keeps at most ``max_points``.
+    While a cell trains (``train()`` in the kernel's main thread) the browser's acknowledgements of each redraw
+    wait for the cell to end, so the flow control of ``ChartSet.update`` is blind: redraws are then at most
+    every ``cell_refresh_interval`` seconds, so that a slow browser cannot fall ever further behind.
     """
 
     def __init__(self, config: RunConfig | None = None, *, store: RunStore | None = None, save: bool = True,
-                 refresh_interval: float = 0.2, max_ui_fraction: float = 0.03, max_points: int = 1000) -> None:
+                 refresh_interval: float = 0.2, max_ui_fraction: float = 0.03, max_points: int = 1000,
+                 cell_refresh_interval: float = 0.5) -> None:
         self.store = store if store is not None else (RunStore() if save else None)
         self.refresh_interval = refresh_interval
+        self.cell_refresh_interval = cell_refresh_interval
+        self._interval = refresh_interval  # the one in force for the current run
         self.max_ui_fraction = max_ui_fraction
         self.controls = Controls(config if config is not None else RunConfig(scales_every=DEFAULT_SCALES_EVERY))
         self.charts = ChartSet(max_points=max_points)
@@ -178,8 +184,13 @@ class Lab:
         the notebook's interrupt ■) stops the run after its current step and the cell ends normally.
         """
         entry, trainer = self._prepare(config, overrides)
-        with stop_on_interrupt(lambda: self._interrupted(entry, trainer), self.stop_button):
-            self._execute(entry, trainer, True)
+        with stop_on_interrupt(lambda: self._interrupted(entry, trainer), self.stop_button) as in_cell:
+            self._interval = max(self.refresh_interval, self.cell_refresh_interval) if in_cell else \
+                self.refresh_interval
+            try:
+                self._execute(entry, trainer, True)
+            finally:
+                self._interval = self.refresh_interval
         return entry.run
 
     @staticmethod
@@ -329,7 +340,7 @@ class Lab:
         # Space redraws so that drawing stays under max_ui_fraction of the time; creating a run's traces is a
         # one-off cost and does not hold back the next redraw.
         pause = cost / self.max_ui_fraction if drawn == "updated" else 0.0
-        self._next_draw = end + max(self.refresh_interval, pause)
+        self._next_draw = end + max(self._interval, pause)
 
     def _draw(self, entry: RunEntry, final: bool = False) -> str:
         """Bring the run's charts and progress up to date: 'added', 'updated', 'skipped' (view busy) or 'empty'."""

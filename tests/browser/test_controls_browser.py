@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from test_browser import STATUS, _wait_for
 
 pytestmark = pytest.mark.browser
@@ -17,13 +16,18 @@ AUTO = "() => { const b = document.querySelector('.labkit-lab .labkit-lr-auto in
 DEFAULTS = {"standard": "2⁻⁷", "seed L2 once": "2⁻⁸", "seed L2 always": "2⁻²", "unit": "2⁻⁴", "u-μP": "2⁻¹"}
 
 
-def _open_lab(page, server) -> None:
-    page.goto(server.url, wait_until="domcontentloaded", timeout=60_000)
+def wait_for_kernel(page) -> None:
+    """Wait until JupyterLab's current notebook has an idle kernel."""
     _wait_for(page, "() => !!(window.jupyterapp && window.jupyterapp.shell.currentWidget && window.jupyterapp.shell"
                     ".currentWidget.sessionContext && window.jupyterapp.shell.currentWidget.sessionContext.session"
                     " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel && window.jupyterapp"
                     ".shell.currentWidget.sessionContext.session.kernel.status === 'idle')", 60,
               "the notebook's kernel")
+
+
+def _open_lab(page, server) -> None:
+    page.goto(server.url, wait_until="domcontentloaded", timeout=60_000)
+    wait_for_kernel(page)
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     _wait_for(page, "() => !!document.querySelector('.labkit-lab .labkit-lr-auto input')", 90, "the controls")
 
