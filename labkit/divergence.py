@@ -14,8 +14,9 @@ to loss 12, while the five scaling methods at their default LRs stay below start
 sweeps that only plateau never rise above the start at all.
 
 A run that **did not learn** ended no better than the uniform guess (its final smoothed loss is above
-``ln(vocab) - min_gain``): typically a learning rate far too small (lr 2⁻²⁰). That is not a divergence (the
-loss never rose; raising the LR is the fix, not lowering it), so it is a separate flag,
+``ln(vocab) - min_gain``, judged for runs of 50 steps or more): typically a learning rate far too small
+(lr 2⁻²⁰). That is not a divergence (the loss never rose; raising the LR is the fix, not lowering it), so it is a
+separate flag,
 ``run.info["did_not_learn"]``, and the run's status stays ``finished``.
 """
 
@@ -48,6 +49,7 @@ class DivergenceDetector:
         self.start: float | None = None
         self.smoothed: float | None = None
         self.above = 0
+        self.steps = 0
 
     @property
     def limit(self) -> float | None:
@@ -58,6 +60,7 @@ class DivergenceDetector:
         """Take one step's training loss; return why the run diverged, or None while it has not."""
         if not math.isfinite(loss):
             return f"loss became {loss} at step {step}"
+        self.steps += 1
         if self.start is None:
             self.start = max(loss, self.uniform)
             self.smoothed = loss
@@ -70,8 +73,12 @@ class DivergenceDetector:
         return None
 
     def did_not_learn(self) -> str | None:
-        """Why the run learned nothing (its smoothed loss ended no better than a uniform guess), or None."""
-        if self.smoothed is None or self.smoothed < self.uniform - self.rule.min_gain:
+        """Why the run learned nothing (its smoothed loss ended no better than a uniform guess), or None.
+
+        Runs shorter than five smoothing windows are not judged (a smoke run of 10 steps has barely started).
+        """
+        if (self.smoothed is None or self.steps < 5 * self.rule.window
+                or self.smoothed < self.uniform - self.rule.min_gain):
             return None
         return (f"smoothed training loss ended at {self.smoothed:.2f}, no better than a uniform guess over "
                 f"the vocabulary (ln {round(math.exp(self.uniform))} = {self.uniform:.2f}): raise the learning rate")

@@ -53,6 +53,10 @@ def test_did_not_learn_is_a_flag_for_runs_that_end_at_the_uniform_guess():
         learned.update(step, 2.5)
     assert "no better than a uniform guess" in stuck.did_not_learn()
     assert learned.did_not_learn() is None
+    short = DivergenceDetector(VOCAB)
+    for step in range(1, 20):
+        short.update(step, 4.27)
+    assert short.did_not_learn() is None  # too short to judge
 
 
 def test_rule_rejects_nonsense():
@@ -69,7 +73,7 @@ def test_engine_marks_the_lr_half_standard_transformer_diverged_with_step_and_re
 
 
 def test_engine_flags_a_tiny_learning_rate_as_did_not_learn_not_diverged(make_config):
-    run = Trainer(make_config(lr=2.0**-20, steps=30)).train()
+    run = Trainer(make_config(lr=2.0**-20, steps=60)).train()
     assert run.status is RunStatus.FINISHED and "uniform guess" in run.info["did_not_learn"]
     healthy = Trainer(make_config(steps=60)).train()
     assert healthy.status is RunStatus.FINISHED and "did_not_learn" not in healthy.info

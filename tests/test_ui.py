@@ -122,7 +122,12 @@ def test_train_button_runs_in_the_background_and_the_charts_hold_the_run(lab):
     np.testing.assert_array_equal(val.x, m["step"][m["val_loss"].notna()])
     np.testing.assert_allclose(lab.charts.trace(run.id, "global").y, m["param_norm"])
     np.testing.assert_allclose(lab.charts.trace(run.id, "rss").y, m["rss"] / MIB)
-    np.testing.assert_allclose(lab.charts.trace(run.id, "mem_optimizer").y, m["mem_optimizer"] / MIB)
+    peak = int(m["mem_total"].idxmax())  # the memory chart: one stacked bar at the peak step, beside the estimate
+    for part in ("mem_params", "mem_grads", "mem_optimizer", "mem_activations"):
+        np.testing.assert_allclose(lab.charts.trace(run.id, part).y, [m[part][peak] / MIB])
+    estimate = run.info["memory_estimate"]
+    np.testing.assert_allclose(lab.charts.trace(run.id, "estimate/mem_params").y, [estimate["param_bytes"] / MIB])
+    assert lab.charts.trace(run.id, "mem_params").y[0] == pytest.approx(estimate["param_bytes"] / MIB)
     groups = [r for r in lab.charts._runs[run.id].index if r.startswith("group/")]
     assert "group/blocks.0.attn.qkv" in groups
     assert lab.progress.value == 25 and "tokens/s" in lab.progress_text.value
@@ -351,3 +356,35 @@ def test_an_interrupt_stops_a_run_trained_in_the_main_thread_and_the_cell_ends_n
     assert entry.ended - entry.stop_requested < 1.0, "the run went on for a second after the interrupt"
     assert "s after Stop" in lab.status_text
     assert lab.train(steps=5).status is RunStatus.FINISHED  # the next cell's run
+
+
+def test_per_group_and_cuda_columns_are_drawn_when_a_run_has_them(tmp_path):
+    """Columns other helpers' engines add (``eff_lr/<group>``, ``rel_update/<group>``, ``mem_cuda_*``), drawn from
+    a synthetic metrics frame: live and in the static figure."""
+    from labkit.runs import Run
+    from labkit.ui.charts import run_colour, static_figure
+
+    run = Run(RunConfig(**TINY))
+    run.info["memory_estimate"] = {"param_bytes": 4 * MIB, "grad_bytes": 4 * MIB, "optimizer_bytes": 8 * MIB,
+                                   "activation_bytes": 2 * MIB, "total_bytes": 18 * MIB}
+    for step in range(1, 11):
+        run.records.append({"step": step, "train_loss": 4 - 0.1 * step, "mem_params": 4 * MIB, "mem_grads": 4 * MIB,
+                            "mem_optimizer": 8 * MIB, "mem_activations": (1 + step % 3) * MIB,
+                            "mem_total": (17 + step % 3) * MIB, "rss": 500 * MIB, "mem_cuda_allocated": 20 * MIB,
+                            "mem_cuda_reserved": 32 * MIB, "mem_cuda_peak": 24 * MIB,
+                            "eff_lr/hidden": 1e-3 * step, "eff_lr/embedding": 2e-3 * step,
+                            "rel_update/hidden": 1e-2 / step, "rel_update/embedding": 2e-2 / step})
+    series = RunSeries(run)
+    series.sync()
+    charts = ChartSet()
+    charts.add(series, run_colour(0), "#1")
+    for role, expected in (("eff_lr/hidden", 1e-3 * np.arange(1, 11)),
+                           ("rel_update/embedding", 2e-2 / np.arange(1, 11)),
+                           ("mem_cuda_reserved", np.full(10, 32.0)), ("rss", np.full(10, 500.0))):
+        np.testing.assert_allclose(charts.trace(run.id, role).y, expected)
+    assert charts.trace(run.id, "eff_lr/hidden").xaxis == "x7" and charts.trace(run.id, "rss").xaxis == "x6"
+    np.testing.assert_allclose(charts.trace(run.id, "mem_activations").y, [3.0])  # at the peak step (step 2)
+    np.testing.assert_allclose(charts.trace(run.id, "estimate/mem_optimizer").y, [8.0])
+    fig = static_figure([(series, run_colour(0), "#1")])
+    names = {t.name for t in fig.data}
+    assert {"#1 hidden", "#1 CUDA peak", "#1 activations (estimate)"} <= names

@@ -391,7 +391,12 @@ class Lab:
             rate = summary.get("tokens_per_s")
             rate_text = f", {rate:,.0f} tokens/s" if rate else ""
             self.progress.bar_style = "success"
-            self._set_status(f"Run {entry.label} finished: {step:,} steps{val_text}{rate_text}.{saved}", "ok")
+            not_learned = run.info.get("did_not_learn")
+            if not_learned:
+                self._set_status(f"Run {entry.label} finished {step:,} steps but did not learn: {not_learned}."
+                                 f"{saved}", "warn")
+            else:
+                self._set_status(f"Run {entry.label} finished: {step:,} steps{val_text}{rate_text}.{saved}", "ok")
         elif status is RunStatus.STOPPED:
             self.progress.bar_style = "warning"
             after = (f" {entry.ended - entry.stop_requested:.2f} s after Stop" if entry.stop_requested is not None
@@ -467,9 +472,10 @@ class Lab:
         shown = df.drop(columns=["shown"])
         swatches = [f"<span style='color:{e.colour};font-size:16px'>■</span> {html.escape(e.label)}"
                     for e in self.entries]
-        formats = {"train loss": ".3f", "val loss": ".3f", "tokens/s": ",.0f", "peak memory (MiB)": ",.1f",
+        formats = {"train loss": ".4g", "val loss": ".4g", "tokens/s": ",.0f", "peak memory (MiB)": ",.1f",
                    "peak RSS (MiB)": ",.0f", "parameters": ",.0f"}
         shown = shown.assign(run=swatches, **{col: shown[col].map(_fmt(spec)) for col, spec in formats.items()})
+        shown["status"] = [_status_html(e.run) for e in self.entries]
         table = shown.to_html(index=False, escape=False, border=0, classes="labkit-runs")
         style = ("<style>.labkit-runs{border-collapse:collapse;font-size:12px}.labkit-runs th,.labkit-runs td"
                  "{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}</style>")
@@ -519,6 +525,19 @@ def layer_groups(config: RunConfig, vocab_size: int) -> list[str]:
     with torch.device("meta"):
         model = build_model(config.model_config(vocab_size))
     return list(dict.fromkeys(layer_of(clean_name(n)) for n, p in model.named_parameters() if p.requires_grad))
+
+
+_RUN_STATUS_COLOURS = {"diverged": "#b00020", "failed": "#b00020", "stopped": "#a05a00", "running": "#1f5fa8"}
+
+
+def _status_html(run: Run) -> str:
+    """A run's status for the table: diverged and failed in red, with the reason on hover; "did not learn" noted."""
+    status = run.status.value
+    colour = _RUN_STATUS_COLOURS.get(status, "#1b7a34")
+    reason = run.error or run.info.get("did_not_learn") or ""
+    note = " <small>(did not learn)</small>" if status == "finished" and run.info.get("did_not_learn") else ""
+    return (f"<span class='labkit-run-{status}' style='color:{colour};font-weight:600' title='{html.escape(reason)}'>"
+            f"{status}</span>{note}")
 
 
 def _message(exc: BaseException) -> str:
