@@ -219,7 +219,9 @@ def test_runs_accumulate_side_by_side_in_charts_and_table(lab):
     second = lab.wait(60)
     assert [r.id for r in lab.runs] == [first.id, second.id]
     table = lab.table()
-    assert table["run"].tolist() == ["#1 standard", "#2 seed-l2-once"]
+    assert table.index.tolist() == ["#1 standard", "#2 seed-l2-once"]  # labels, not 0, 1
+    assert "shown" not in table and table["val loss"].round(3).equals(table["val loss"])
+    assert str(table["tokens/s"].dtype) == "Int64"  # whole tokens/s, not 10858.703535
     assert table["vs #1"].tolist() == ["(reference)", "scaling=seed-l2-once"]
     assert table[["val loss", "tokens/s", "peak memory (MiB)"]].notna().all().all()
     colours = {lab.charts.trace(r.id, "val").line.color for r in lab.runs}
@@ -388,3 +390,18 @@ def test_per_group_and_cuda_columns_are_drawn_when_a_run_has_them(tmp_path):
     fig = static_figure([(series, run_colour(0), "#1")])
     names = {t.name for t in fig.data}
     assert {"#1 hidden", "#1 CUDA peak", "#1 activations (estimate)"} <= names
+
+
+def test_heads_menu_offers_the_divisors_of_the_width_as_the_error_suggests():
+    from labkit.config import ConfigError
+    from labkit.ui.controls import _option_values
+
+    controls = Controls(RunConfig(**TINY))
+    controls.width.value = 24
+    assert _option_values(controls.heads) == [1, 2, 3, 4, 6, 8, 12, 24]
+    assert controls.config().width % controls.heads.value == 0
+    with pytest.raises(ConfigError, match=r"pick heads from \[1, 2, 3, 4, 6, 8, 12, 24\]"):
+        RunConfig(width=24, heads=5)
+    controls.heads.value = 12
+    controls.width.value = 48
+    assert controls.heads.value == 12 and 16 in _option_values(controls.heads)

@@ -140,10 +140,10 @@ class Controls:
         self.seed = widgets.IntText(value=cfg.seed, description="seed", style=LABEL_STYLE,
                                     layout=widgets.Layout(width="210px"))
         # Advanced
-        self.heads = widgets.Dropdown(options=_with((1, 2, 4, 8, 16), cfg.heads), value=cfg.heads,
+        self.heads = widgets.Dropdown(options=_with(head_choices(cfg.width), cfg.heads), value=cfg.heads,
                                       description="heads", style=LABEL_STYLE, layout=widgets.Layout(width="210px"))
-        self.seq_len = widgets.IntText(value=cfg.seq_len, description="sequence length", style=LABEL_STYLE,
-                                       layout=widgets.Layout(width="210px"))
+        self.seq_len = widgets.IntText(value=cfg.seq_len, description="sequence length",
+                                       style={"description_width": "120px"}, layout=widgets.Layout(width="230px"))
         self.schedule = widgets.Dropdown(options=SCHEDULE_CHOICES, value=cfg.schedule, description="LR schedule",
                                          style=LABEL_STYLE, layout=widgets.Layout(width="210px"))
         self.eval_every = widgets.IntText(value=cfg.eval_every, description="eval every", style=LABEL_STYLE,
@@ -233,8 +233,24 @@ class Controls:
         self._refresh()
 
     def _changed(self, change: dict[str, Any]) -> None:
-        if not self._updating:
-            self._refresh()
+        if self._updating:
+            return
+        if change.get("owner") is self.width:
+            self._offer_heads()
+        self._refresh()
+
+    def _offer_heads(self) -> None:
+        """Offer the head counts that divide the width (what the config's error suggests), keeping a valid choice."""
+        choices = head_choices(self.width.value)
+        if tuple(_option_values(self.heads)) == choices:
+            return
+        keep = self.heads.value if self.heads.value in choices else max(c for c in choices if c <= 4 or c == 1)
+        self._updating = True
+        try:
+            self.heads.options = choices
+            self.heads.value = keep
+        finally:
+            self._updating = False
 
     def _refresh(self) -> None:
         self._refresh_lr()
@@ -290,6 +306,11 @@ class Controls:
         ])], titles=("Advanced",), selected_index=None)
         return widgets.VBox([widgets.Box([left, right], layout=widgets.Layout(display="flex", flex_flow="row wrap")),
                              advanced])
+
+
+def head_choices(width: int) -> tuple[int, ...]:
+    """Head counts a width allows: its divisors up to 64 (``RunConfig`` suggests the same ones)."""
+    return tuple(d for d in range(1, min(width, 64) + 1) if width % d == 0)
 
 
 def _option_values(w: widgets.Widget) -> list[Any]:

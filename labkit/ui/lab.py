@@ -445,7 +445,20 @@ class Lab:
             self._set_status("Ready: press Train.", "info")
 
     def table(self) -> pd.DataFrame:
-        """One row per run: number, status, what differs from run #1, final losses, throughput, peak memory."""
+        """One row per run, indexed by its label: status, what differs from run #1, final losses (3 decimals),
+        throughput (tokens/s), peak memory and RSS (MiB, 1 decimal), parameters and run id."""
+        df = self._table_rows()
+        if df.empty:
+            return df
+        df = df.drop(columns=["shown"]).set_index("run")
+        df.index.name = None
+        rounded = {"train loss": 3, "val loss": 3, "tokens/s": 0, "peak memory (MiB)": 1, "peak RSS (MiB)": 1}
+        df = df.round(rounded)
+        for column in ("tokens/s", "parameters"):
+            df[column] = df[column].astype("Int64")
+        return df
+
+    def _table_rows(self) -> pd.DataFrame:
         rows = []
         reference = self.entries[0].run.config if self.entries else None
         for i, e in enumerate(self.entries):
@@ -465,7 +478,7 @@ class Lab:
         return pd.DataFrame(rows)
 
     def _refresh_table(self) -> None:
-        df = self.table()
+        df = self._table_rows()
         if df.empty:
             self.table_html.value = ""
             return
@@ -476,9 +489,14 @@ class Lab:
                    "peak RSS (MiB)": ",.0f", "parameters": ",.0f"}
         shown = shown.assign(run=swatches, **{col: shown[col].map(_fmt(spec)) for col, spec in formats.items()})
         shown["status"] = [_status_html(e.run) for e in self.entries]
+        shown = shown.rename(columns={"train loss": "train", "val loss": "val", "peak memory (MiB)": "mem MiB",
+                                      "peak RSS (MiB)": "RSS MiB", "parameters": "params"})
         table = shown.to_html(index=False, escape=False, border=0, classes="labkit-runs")
-        style = ("<style>.labkit-runs{border-collapse:collapse;font-size:12px}.labkit-runs th,.labkit-runs td"
-                 "{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}</style>")
+        # Short one-line headers and a wrapping "setup" column: the table fits the panel without scrolling.
+        style = ("<style>.labkit-runs{border-collapse:collapse;font-size:12px;width:100%;table-layout:auto}"
+                 ".labkit-runs th,.labkit-runs td{padding:2px 6px;border-bottom:1px solid #ddd;text-align:left}"
+                 ".labkit-runs th{white-space:nowrap}.labkit-runs td:nth-child(3),.labkit-runs td:nth-child(4)"
+                 "{white-space:normal;min-width:160px}.labkit-runs td:last-child{font-size:10px;color:#777}</style>")
         self.table_html.value = style + table
 
     def ui_overhead(self, run: Run | str | int | None = None) -> dict[str, float]:
