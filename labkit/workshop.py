@@ -10,9 +10,10 @@ Smoke mode runs the *same* cells with tiny step counts and grids, so that ``make
 notebook under nbval in seconds. Anything a notebook computes lives here or elsewhere in ``labkit`` (with
 tests); the notebooks only call it, show it and say what it means.
 
-The module also keeps notebooks clean for committing (``python -m labkit.workshop strip notebooks/*.ipynb``):
-outputs are removed except in cells marked ``# NBVAL_CHECK_OUTPUT``, whose stored outputs nbval compares,
-and widget state (which can carry all of plotly.js) is dropped.
+Notebooks are committed through ``nbstripout``, a git clean filter that ``make`` installs: outputs are removed
+except in cells marked ``keep_output`` (the ``# NBVAL_CHECK_OUTPUT`` cells, whose outputs nbval compares) and
+widget state is dropped, whatever JupyterLab saved. ``python -m labkit.workshop check FILE...`` lists definitions
+too long for a notebook.
 """
 
 from __future__ import annotations
@@ -948,36 +949,6 @@ def is_checked(cell: Mapping[str, Any]) -> bool:
     return cell.get("cell_type") == "code" and CHECK_MARK in _source(cell)
 
 
-def strip_notebook(nb: dict[str, Any]) -> dict[str, Any]:
-    """Remove outputs and execution counts from every code cell not marked ``# NBVAL_CHECK_OUTPUT``, drop
-    widget state (``metadata.widgets``) everywhere, and strip volatile execution metadata. In place; returns nb."""
-    nb.get("metadata", {}).pop("widgets", None)
-    for cell in nb.get("cells", []):
-        metadata = cell.get("metadata", {})
-        metadata.pop("execution", None)
-        metadata.pop("widgets", None)
-        if cell.get("cell_type") != "code":
-            continue
-        if is_checked(cell):
-            for output in cell.get("outputs", []):
-                output.get("metadata", {}).pop("widgets", None)
-            continue
-        cell["outputs"] = []
-        cell["execution_count"] = None
-    return nb
-
-
-def strip_file(path: str | os.PathLike) -> bool:
-    """:func:`strip_notebook` on a ``.ipynb`` file; returns True when the file changed."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    stripped = json.dumps(strip_notebook(json.loads(text)), indent=1, ensure_ascii=False) + "\n"
-    if stripped != text:
-        path.write_text(stripped, encoding="utf-8")
-        return True
-    return False
-
-
 def long_definitions(nb: Mapping[str, Any], max_lines: int = 5) -> list[str]:
     """Functions, classes and lambdas defined in a notebook's code cells that span more than ``max_lines``
     lines (logic belongs in ``labkit``). Returns ``"cell N: def name (K lines)"`` strings; cells that do not
@@ -1023,20 +994,17 @@ def _round(value: Any, digits: int) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m labkit.workshop strip FILE...``: strip notebooks for committing (see :func:`strip_notebook`);
-    ``python -m labkit.workshop check FILE...``: list long definitions; exit 1 if any notebook has one."""
+    """``python -m labkit.workshop check FILE...``: list long definitions; exit 1 if any notebook has one.
+    (Stripping outputs is git's clean filter, nbstripout, which ``make`` installs.)"""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) < 2 or argv[0] not in ("strip", "check"):
+    if len(argv) < 2 or argv[0] != "check":
         print(main.__doc__)
         return 2
     status = 0
     for name in argv[1:]:
-        if argv[0] == "strip":
-            print(f"{name}: {'stripped' if strip_file(name) else 'already clean'}")
-        else:
-            problems = long_definitions(json.loads(Path(name).read_text(encoding="utf-8")))
-            status |= bool(problems)
-            print("\n".join(f"{name}: {p}" for p in problems) or f"{name}: ok")
+        problems = long_definitions(json.loads(Path(name).read_text(encoding="utf-8")))
+        status |= bool(problems)
+        print("\n".join(f"{name}: {p}" for p in problems) or f"{name}: ok")
     return status
 
 

@@ -250,24 +250,11 @@ def _code(source, outputs=None):
             "outputs": outputs or [{"output_type": "stream", "name": "stdout", "text": "hi\n"}]}
 
 
-def test_strip_keeps_only_checked_outputs():
-    nb = ws.strip_notebook(_nb(_code("print(1)"), _code("# NBVAL_CHECK_OUTPUT\nprint(2)"),
-                               {"cell_type": "markdown", "source": "text", "metadata": {}}))
-    plain, checked, _ = nb["cells"]
-    assert plain["outputs"] == [] and plain["execution_count"] is None
-    assert checked["outputs"] and checked["execution_count"] == 3
-    assert "widgets" not in nb["metadata"]
-    assert "execution" not in plain["metadata"]
-
-
-def test_strip_file_and_cli(tmp_path, capsys):
+def test_check_cli(tmp_path, capsys):
     path = tmp_path / "a.ipynb"
     path.write_text(json.dumps(_nb(_code("x = 1"))), encoding="utf-8")
-    assert ws.strip_file(path) is True
-    assert ws.strip_file(path) is False
-    assert ws.main(["strip", str(path)]) == 0
-    assert ws.main(["check", str(path)]) == 0
-    assert "already clean" in capsys.readouterr().out
+    assert ws.main(["check", str(path)]) == 0 and "a.ipynb: ok" in capsys.readouterr().out
+    assert ws.main(["strip", str(path)]) == 2  # stripping is git's clean filter (nbstripout) now
 
 
 def test_long_definitions():
