@@ -1,5 +1,6 @@
 # The two commands of the README. Each creates .venv if missing and installs what is needed first.
 #   make lab   — open JupyterLab on notebooks/
+#   make app   — open the lab's panel as a Voila app (no code, works offline)
 #   make test  — run the whole test suite (unit tests, notebooks under nbval, browser tests)
 
 PYTHON ?= python3
@@ -7,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test lint bench clean git-filter
+.PHONY: lab app test lint bench clean git-filter
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,10 @@ git-filter: | $(BIN)/python
 # --allow-root only where we run as root (containers, workshop VMs); JupyterLab refuses root otherwise.
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+
+# The lab as a Voila app: the panel alone, no code (labkit/ui/app.py; nothing is fetched from the network).
+app: $(STAMP)
+	$(BIN)/python -m labkit.ui.app
 
 test: $(STAMP)
 	$(BIN)/python tests/browser/ensure_chromium.py
