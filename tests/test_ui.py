@@ -363,8 +363,9 @@ def test_an_interrupt_stops_a_run_trained_in_the_main_thread_and_the_cell_ends_n
 def test_per_group_and_cuda_columns_are_drawn_when_a_run_has_them(tmp_path):
     """Columns other helpers' engines add (``eff_lr/<group>``, ``rel_update/<group>``, ``mem_cuda_*``), drawn from
     a synthetic metrics frame: live and in the static figure."""
+    from labkit.palette import run_colour
     from labkit.runs import Run
-    from labkit.ui.charts import run_colour, static_figure
+    from labkit.ui.charts import static_figure
 
     run = Run(RunConfig(**TINY))
     run.info["memory_estimate"] = {"param_bytes": 4 * MIB, "grad_bytes": 4 * MIB, "optimizer_bytes": 8 * MIB,

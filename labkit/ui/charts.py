@@ -24,16 +24,12 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 from plotly.serializers import custom_serializers
 from plotly.subplots import make_subplots
 from traitlets import Dict
 
 from labkit.instrument import layer_of
 from labkit.runs import Run
-
-#: Run colours, in the order runs are added (Tableau 10: distinct, colour-blind friendly for the first few).
-PALETTE: tuple[str, ...] = tuple(qualitative.T10)
 
 MEMORY_PARTS: tuple[tuple[str, str], ...] = (
     ("mem_params", "parameters"),
@@ -79,11 +75,6 @@ SLOTS: dict[str, dict[str, Any]] = {
     "eff_lr": {"title": "Effective LR per parameter group", "x": "step", "y": "learning rate (log)", "log": True},
     "rel_update": {"title": "Relative update ‖ΔW‖/‖W‖ per group", "x": "step", "y": "ratio (log)", "log": True},
 }
-
-
-def run_colour(index: int) -> str:
-    """The colour of the ``index``-th run (0-based), reused cyclically after ten runs."""
-    return PALETTE[index % len(PALETTE)]
 
 
 def _rgb(colour: str) -> tuple[int, int, int]:

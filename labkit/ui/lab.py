@@ -36,8 +36,9 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from labkit.config import ConfigError, RunConfig
+from labkit.palette import run_colour
 from labkit.runs import Run, RunStatus, RunStore
-from labkit.ui.charts import MIB, ChartSet, RunSeries, run_colour, run_label, static_figure
+from labkit.ui.charts import MIB, ChartSet, RunSeries, run_label, static_figure
 from labkit.ui.controls import Controls, describe_lr
 from labkit.ui.stop import StopButton, stop_on_interrupt
 
