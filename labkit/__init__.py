@@ -13,8 +13,10 @@ from labkit.config import (
     Schedule,
     TokenizerKind,
 )
+from labkit.coord import coord_check
 from labkit.runs import Run, RunStatus, RunStore
-from labkit.train import Trainer, train
+from labkit.train import Trainer, resume, train
 
 __all__ = ["Arch", "ConfigError", "LossScaling", "NumberFormat", "Optimizer", "ResourceError", "Rounding", "Run",
-           "RunConfig", "RunStatus", "RunStore", "Scaling", "Schedule", "TokenizerKind", "Trainer", "train"]
+           "RunConfig", "RunStatus", "RunStore", "Scaling", "Schedule", "TokenizerKind", "Trainer", "coord_check",
+           "resume", "train"]

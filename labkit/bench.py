@@ -3,7 +3,9 @@
 1. engine overhead: median step time of a bare PyTorch loop vs the instrumented ``Trainer`` on the
    same model and batches (target: the engine keeps ≥ 0.90× the bare loop's throughput);
 2. the machine's FP32 matmul rate (one large ``torch.mm``) and the model's FLOP utilisation;
-3. scaling methods and simulated formats vs ``standard`` FP32 on the same model.
+3. scaling methods and simulated formats vs ``standard`` FP32 on the same model;
+4. the peer: Graphcore's ``unit-scaling`` library's u-μP decoder vs its plain counterpart and its FP8
+   simulation vs the plain model, same size and batches, timed in the same rotation as 3 (Transformer).
 
 Contenders alternate (engine vs bare loop by rounds, configs step by step) so that a slow spell of a
 shared machine hits them alike.
@@ -18,7 +20,8 @@ from collections.abc import Callable
 
 import torch
 
-from labkit.config import RunConfig
+from labkit.config import Arch, RunConfig
+from labkit.peer import PEER, peer_steps, peer_version
 from labkit.scaling import get_method
 from labkit.train import Trainer, build_for_run, learning_rate, load_corpus, make_optimizer, peak_learning_rate
 
@@ -48,15 +51,18 @@ def bare_step(config: RunConfig) -> Callable[[], None]:
     return run_step
 
 
-def interleaved_step_times(configs: dict[str, RunConfig], steps: int, warmup: int = 3) -> dict[str, list[float]]:
-    """Seconds per bare step of each config, the configs taking turns step by step in a rotating order, so a
-    busy spell of a shared machine slows all of them alike; ``warmup`` turns are not counted."""
-    functions = {label: bare_step(config) for label, config in configs.items()}
+def interleaved_step_times(contenders: dict[str, RunConfig | Callable[[], None]], steps: int,
+                           warmup: int = 3, clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Seconds per step of each contender (a config, run as its :func:`bare_step`, or a step function), the
+    contenders taking turns step by step in a rotating order, so a busy spell of a shared machine slows all
+    of them alike; ``warmup`` turns are not counted. ``clock``: wall time by default; ``time.thread_time``
+    (CPU time of this thread) is steadier on a machine shared with other processes."""
+    functions = {label: bare_step(c) if isinstance(c, RunConfig) else c for label, c in contenders.items()}
     labels = list(functions)
     times: dict[str, list[float]] = {label: [] for label in labels}
     for turn in range(warmup + steps):
         for label in labels[turn % len(labels):] + labels[:turn % len(labels)]:
-            elapsed = _timed(functions[label])
+            elapsed = _timed(functions[label], clock)
             if turn >= warmup:
                 times[label].append(elapsed)
     return times
@@ -79,10 +85,10 @@ def matmul_flops_per_s(n: int = 2048, repeats: int = 3) -> float:
     return 2 * n**3 / best
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def _timed(fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> float:
+    start = clock()
     fn()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def compare_engine(config: RunConfig, steps: int, rounds: int) -> dict[str, float]:
@@ -102,9 +108,14 @@ def compare_engine(config: RunConfig, steps: int, rounds: int) -> dict[str, floa
             "model_flops_per_step": flops, "model_flops_per_s": flops / engine_median}
 
 
-def compare_configs(configs: dict[str, RunConfig], steps: int) -> dict[str, float]:
-    """Median bare step time of each config in ms, measured interleaved (first entry is the reference)."""
-    return {name: 1e3 * statistics.median(t) for name, t in interleaved_step_times(configs, steps).items()}
+def compare_configs(configs: dict[str, RunConfig], steps: int,
+                    others: dict[str, Callable[[], None]] | None = None,
+                    clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median bare step time of each config (and of each of ``others``, step functions) in ms, all measured
+    interleaved in one rotation (first entry is the reference)."""
+    contenders = {**configs, **(others or {})}
+    times = interleaved_step_times(contenders, steps, clock=clock)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,6 +124,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=40, help="steps per round and contender")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="time the scaling/format/peer steps by wall clock (default) or by the CPU time of "
+                             "the training thread (steadier when other processes load the machine)")
+    parser.add_argument("--no-peer", dest="peer", action="store_false",
+                        help=f"skip the comparison with Graphcore's {PEER} (Transformer only)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = RunConfig(arch=args.arch, threads=args.threads)
@@ -134,13 +150,52 @@ def main(argv: list[str] | None = None) -> None:
 
     variants = {name: config.replace(**changes) for name, changes in _variants().items()}
     available = {name: c for name, c in variants.items() if _implemented(c)}
-    times = compare_configs(available, args.steps * args.rounds)
+    peer, why_no_peer = _peer_steps(config, args.peer)
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
+    times = compare_configs(available, args.steps * args.rounds, {f"peer {n}": f for n, f in peer.items()}, clock)
     reference = times["standard fp32"]
-    print("\n== scaling methods and simulated formats (bare loop, vs standard fp32)")
-    for name, ms in times.items():
-        print(f"{name:28s}{ms:8.2f} ms  {ms / reference:6.2f}×")
+    print("\n== scaling methods and simulated formats (bare loop, vs standard fp32)"
+          + (", CPU time of the training thread" if args.clock == "cpu" else ""))
+    for name in available:
+        print(f"{name:28s}{times[name]:8.2f} ms  {times[name] / reference:6.2f}×")
     for name in sorted(set(variants) - set(available)):
         print(f"{name:28s}    (not implemented)")
+    version = peer_version()
+    print(f"\n== peer: Graphcore's {PEER}" + (f" {version}, timed in the same rotation as above" if version else ""))
+    if why_no_peer:
+        print(why_no_peer)
+    else:
+        _print_peer({n: times[f"peer {n}"] for n in peer}, times)
+
+
+def _peer_steps(config: RunConfig, wanted: bool) -> tuple[dict[str, Callable[[], None]], str | None]:
+    """The peer library's step functions, or none and the reason why (printed in their place)."""
+    if not wanted:
+        return {}, "not measured (--no-peer)"
+    if config.arch is not Arch.TRANSFORMER:
+        return {}, "not measured: the library has no LSTM or MLP model; run with --arch transformer"
+    if peer_version() is None:
+        return {}, (f"not measured: {PEER} is not installed (a development dependency: "
+                    "pip install -e '.[dev]', or make .venv/.installed)")
+    return peer_steps(config), None
+
+
+def _print_peer(peer: dict[str, float], ours: dict[str, float]) -> None:
+    """The library's ratios (u-μP decoder vs its plain counterpart, ``simulate_format`` FP8 vs the same
+    model in FP32) beside labkit's for the same comparison."""
+    print("its TransformerDecoder (RMS norm, SwiGLU) vs the same model in plain PyTorch; same size and batches;")
+    print("its FP8 is simulate_fp8 (E4M3 fwd, E5M2 bwd, stochastic rounding)")
+    comparisons = [  # peer row, its reference row, labkit's row, labkit's reference row
+        ("plain fp32", "plain fp32", "standard fp32", "standard fp32"),
+        ("u-mup fp32", "plain fp32", "u-mup fp32", "standard fp32"),
+        ("plain fp8 (simulate_format)", "plain fp32", "standard fp8", "standard fp32"),
+        ("u-mup fp8 (simulate_format)", "u-mup fp32", "u-mup fp8", "u-mup fp32"),
+    ]
+    print(f"{'':28s}{'step':>11s}  {'peer':>6s}   {'labkit, same comparison':s}")
+    for row, row_ref, ours_row, ours_ref in comparisons:
+        mine = (f"{ours[ours_row] / ours[ours_ref]:6.2f}×  ({ours_row} vs {ours_ref})"
+                if ours_row in ours and ours_ref in ours else "")
+        print(f"{row:28s}{peer[row]:8.2f} ms  {peer[row] / peer[row_ref]:6.2f}×   {mine}")
 
 
 def _variants() -> dict[str, dict[str, str]]:

@@ -1,8 +1,10 @@
 """Typed configuration for a run: what to train, how, and how to measure it.
 
-Every choice is an enum validated when the config is built, so a typo fails at once with a message
-listing the valid names, never halfway through a run. ``RunConfig`` is flat on purpose: each field
-is one command-line option (see ``labkit.__main__``) and one widget in the lab.
+Every field is checked when the config is built (type, finite, in range: see ``LIMITS``), so a typo or an
+absurd value fails at once with a message naming the field and the fix, never halfway through a run; the
+panel, the command line, the Python API and sweeps all build a ``RunConfig``, so they share the checks.
+``RunConfig`` is flat on purpose: each field is one command-line option (see ``labkit.cli``) and one widget
+in the lab.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
+import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -45,6 +49,10 @@ class NumberFormat(StrEnum):
     FP16 = "fp16"
     FP8_E4M3 = "fp8-e4m3"
     FP8_E5M2 = "fp8-e5m2"
+    #: Graphcore's E5M2 (``unit_scaling.formats.FPFormat(5, 2)``): exponent bias 16 instead of OCP's 15 and
+    #: no inf/NaN codes, so its range is shifted one binade down: smallest subnormal 2^-17 (OCP: 2^-16),
+    #: largest 57344, saturating. Offered as a gradient format to show that "FP8 fails" depends on it.
+    FP8_E5M2_BIAS16 = "fp8-e5m2-bias16"
 
 
 class Rounding(StrEnum):
@@ -60,6 +68,20 @@ class LossScaling(StrEnum):
     NONE = "none"
     FIXED = "fixed"
     DYNAMIC = "dynamic"  # halve on overflow, double after a run of clean steps
+
+
+class Fp8Backend(StrEnum):
+    """How an FP8 format is computed (see ``labkit.fp8``)."""
+
+    SIMULATED = "simulated"  # values rounded to FP8, arithmetic in FP32 (any device)
+    REAL = "real"  # linear layers' matmuls in torch's float8 dtypes through torch._scaled_mm
+
+
+class Fp8Scaling(StrEnum):
+    """Per-tensor scale of each operand cast to FP8 by the real backend."""
+
+    NONE = "none"  # scale 1: the tensor is cast as it is (what unit scaling is designed for)
+    AMAX = "amax"  # current amax scaling: divide by amax / (format's max) before the cast, as production recipes do
 
 
 class Optimizer(StrEnum):
@@ -102,7 +124,8 @@ class RunConfig:
     """Everything that defines a run. Fields double as CLI options (``--field-name``).
 
     ``lr=None`` means "the scaling method's default for this optimizer" (see ``labkit.scaling``).
-    String values for the enum fields are accepted and converted; invalid ones raise ``ConfigError``.
+    Strings are accepted for every field (``"lstm"``, ``"3e-3"``, ``"none"``) and converted; a bool where a
+    number is meant, a non-finite or out-of-range value raises ``ConfigError`` naming the field and the fix.
     """
 
     # What to train
@@ -123,6 +146,12 @@ class RunConfig:
     rounding: Rounding = field(default=Rounding.NEAREST, metadata=_help("rounding used by the simulated format"))
     loss_scaling: LossScaling = field(default=LossScaling.NONE, metadata=_help("loss scaling for low-precision runs"))
     loss_scale: float = field(default=2.0**12, metadata=_help("(initial) loss scale when loss scaling is on"))
+    fp8_backend: Fp8Backend = field(default=Fp8Backend.SIMULATED,
+                                    metadata=_help("with an fp8 format: 'simulated' (rounded FP32) or 'real' "
+                                                   "(linear layers' matmuls in float8 via torch._scaled_mm)"))
+    fp8_scaling: Fp8Scaling = field(default=Fp8Scaling.NONE,
+                                    metadata=_help("real FP8 backend: 'none' casts tensors as they are (scale 1), "
+                                                   "'amax' scales each tensor by its current amax first"))
     # Optimisation
     optimizer: Optimizer = field(default=Optimizer.ADAMW, metadata=_help("optimizer (the seed used SGD)"))
     lr: float | None = field(default=None,
@@ -150,37 +179,29 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            enum_type = _enum_type(f.type)
-            if enum_type is not None and value is not None and not isinstance(value, enum_type):
-                setattr(self, f.name, _parse_enum(enum_type, f.name, value))
+            setattr(self, f.name, _check_field(f.name, getattr(self, f.name)))
         self._validate()
 
     def _validate(self) -> None:
-        positive = ["width", "depth", "seq_len", "steps", "batch_size", "log_every", "eval_every",
-                    "eval_batches", "threads"]
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.arch is Arch.TRANSFORMER and (self.heads <= 0 or self.width % self.heads):
-            raise ConfigError(f"heads must be positive and divide width: width={self.width}, "
-                                  f"heads={self.heads}; pick heads from {_divisors(self.width)}")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"lr must be a positive finite number, got {self.lr!r}; "
-                              "use lr=None for the scaling method's default")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.warmup_steps < 0 or self.scales_every < 0:
-            raise ConfigError("warmup_steps and scales_every must be >= 0")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"grad_clip must be positive or None, got {self.grad_clip}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
-        if not (math.isfinite(self.loss_scale) and self.loss_scale > 0):
-            raise ConfigError(f"loss_scale must be a positive finite number, got {self.loss_scale}")
-        if self.device not in ("cpu", "cuda", "mps", "auto"):
-            raise ConfigError(f"device must be one of cpu, cuda, mps, auto; got {self.device!r}")
+        """Checks that involve more than one field (each field on its own is checked by ``_check_field``)."""
+        if self.arch is Arch.TRANSFORMER and self.width % self.heads:
+            raise ConfigError(f"heads must be positive and divide width: width={self.width}, heads={self.heads}; "
+                              f"pick heads from {_divisors(self.width)}")
+        self._validate_fp8()
+
+    def _validate_fp8(self) -> None:
+        fp8 = (NumberFormat.FP8_E4M3, NumberFormat.FP8_E5M2)
+        if self.fp8_backend is Fp8Backend.REAL:
+            if self.format not in fp8 or self.effective_grad_format not in fp8:
+                raise ConfigError(f"fp8_backend='real' needs FP8 formats, got format={self.format.value!r}, "
+                                  f"grad_format={self.effective_grad_format.value!r}; use format='fp8-e4m3' "
+                                  "(gradients in fp8-e5m2) or fp8_backend='simulated'")
+            if self.rounding is not Rounding.NEAREST:
+                raise ConfigError("fp8_backend='real' casts with round-to-nearest (torch's float8 casts); "
+                                  "use rounding='nearest' or fp8_backend='simulated' for stochastic rounding")
+        elif self.fp8_scaling is not Fp8Scaling.NONE:
+            raise ConfigError(f"fp8_scaling={self.fp8_scaling.value!r} needs fp8_backend='real' (the simulation "
+                              "casts with scale 1); set fp8_backend='real' or fp8_scaling='none'")
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         """The model shape of this run, for a corpus whose tokenizer has ``vocab_size`` tokens."""
@@ -223,12 +244,157 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, StrEnum) else value
 
 
-def _enum_type(annotation: Any) -> type[StrEnum] | None:
-    """The StrEnum class named by a field annotation like ``Arch`` or ``NumberFormat | None``."""
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
-    name = text.split("|")[0].strip()
-    candidate = globals().get(name)
-    return candidate if isinstance(candidate, type) and issubclass(candidate, StrEnum) else None
+@dataclass(frozen=True)
+class FieldType:
+    """What a RunConfig field holds, read from its annotation: ``base`` (int, float, str, bool or a StrEnum)
+    and whether ``None`` is allowed. The CLI builds its options from this, so there is one reflection."""
+
+    base: type
+    optional: bool
+
+    @property
+    def is_enum(self) -> bool:
+        return issubclass(self.base, StrEnum)
+
+
+def field_type(name: str) -> FieldType:
+    """The :class:`FieldType` of RunConfig field ``name``."""
+    annotation = _FIELDS[name].type
+    parts = [p.strip() for p in (annotation if isinstance(annotation, str) else str(annotation)).split("|")]
+    builtin = {"int": int, "float": float, "str": str, "bool": bool}
+    base = builtin.get(parts[0]) or globals().get(parts[0])
+    if not isinstance(base, type):
+        raise TypeError(f"RunConfig.{name}: unsupported annotation {annotation!r}")
+    return FieldType(base, "None" in parts)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The accepted range of a numeric field: ``low <= value <= high`` (``low`` excluded when
+    ``low_open``), and what to tell a user whose value is outside it."""
+
+    low: float
+    high: float
+    fix: str = ""
+    low_open: bool = False
+    high_open: bool = False
+
+    def describe(self, integer: bool) -> str:
+        """``a positive integer <= 300``, ``a number >= 0.5 and < 1``, ..."""
+        kind = "integer" if integer else "number"
+        high = f"< {_fmt(self.high)}" if self.high_open else f"<= {_fmt(self.high)}"
+        if self.low == 0 and self.low_open or integer and self.low == 1 and not self.low_open:
+            return f"a positive {kind} {high}"
+        if self.low == 0:
+            return f"a non-negative {kind} {high}"
+        low = f"> {_fmt(self.low)}" if self.low_open else f">= {_fmt(self.low)}"
+        return f"a {kind} {low} and {high}"
+
+    def contains(self, value: float) -> bool:
+        above_low = value > self.low if self.low_open else value >= self.low
+        below_high = value < self.high if self.high_open else value <= self.high
+        return above_low and below_high
+
+
+def _fmt(x: float) -> str:
+    return f"{x:,}" if isinstance(x, int) else f"{x:g}"
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, shortened: a 3000-digit number does not belong in an error message."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
+_BIG = 10**9  # steps, intervals: more than any run on one machine will ever do
+#: Ranges of the numeric fields. Resource limits (memory, time, CUDA) are checked when a run starts,
+#: from estimates (``labkit.train.check_memory``, ``labkit.resources.check_time``); these are the values
+#: that make sense at all.
+LIMITS: dict[str, Limits] = {
+    "width": Limits(1, 65536, "the lab's models are at most 65536 wide"),
+    "depth": Limits(1, 100_000, "use a few layers (1-48)"),
+    "heads": Limits(1, 65536, "pick a divisor of width"),
+    "seq_len": Limits(1, 65536, "use a few hundred tokens at most on a CPU"),
+    "loss_scale": Limits(0, 2.0**64, "use a power of two such as 2**12", low_open=True),
+    "lr": Limits(0, 1e6, "try 2**-10..2**-4; lr=None uses the scaling method's default", low_open=True),
+    "weight_decay": Limits(0, 100, "typical values are 0 to 0.1"),
+    "warmup_steps": Limits(0, _BIG, "use 0 for no warm-up"),
+    "grad_clip": Limits(0, 1e12, "try 1.0, or None for no clipping", low_open=True),
+    "steps": Limits(1, _BIG),
+    "batch_size": Limits(1, 2**20, "use 8-256"),
+    "seed": Limits(0, 2**63 - 16, "use a small non-negative integer"),
+    "val_fraction": Limits(0, 1, "try 0.1", low_open=True, high_open=True),
+    "log_every": Limits(1, _BIG),
+    "eval_every": Limits(1, _BIG),
+    "eval_batches": Limits(1, 10**6, "use 1-100"),
+    "scales_every": Limits(0, _BIG, "use 0 to turn it off"),
+    "threads": Limits(1, os.cpu_count() or 1, f"this machine has {os.cpu_count() or 1} cores"),
+}
+DEVICES = ("cpu", "cuda", "mps", "auto")
+
+
+def _check_field(name: str, value: Any) -> Any:
+    """``value`` converted to RunConfig field ``name``'s type and checked against :data:`LIMITS`.
+
+    Strings are accepted for every field (enum names, numbers such as ``"3e-3"``, ``"none"``), so values from
+    the command line, widgets and JSON all go through here. Raises ``ConfigError`` naming the field and a fix.
+    """
+    kind = field_type(name)
+    if isinstance(value, str) and kind.base is not str and value.strip().lower() == "none" and kind.optional:
+        return None
+    if value is None:
+        if kind.optional:
+            return None
+        raise ConfigError(f"{name} must be given (None is not allowed)")
+    if kind.is_enum:
+        return value if isinstance(value, kind.base) else _parse_enum(kind.base, name, value)
+    if kind.base is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            return text in ("true", "1", "yes", "on")
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if kind.base is str:
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
+        if name == "device" and value not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {value!r}")
+        return value
+    number = _to_number(name, value, kind.base)
+    limits = LIMITS.get(name)
+    if limits is not None and not (math.isfinite(number) and limits.contains(number)):
+        fix = f"; {limits.fix}" if limits.fix else ""
+        raise ConfigError(f"{name} must be {limits.describe(kind.base is int)}, got {_shown(value)}{fix}")
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number, got {_shown(value)}")
+    return number
+
+
+def _to_number(name: str, value: Any, base: type) -> int | float:
+    """``value`` as an int or a float (finiteness is checked by the caller); bools and text that is not a
+    number are refused."""
+    what = "an integer" if base is int else "a number"
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be {what}, not {value!r} (a bool)")
+    if isinstance(value, str):
+        try:
+            value = int(value) if base is int and value.strip().lstrip("+-").isdigit() else float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be {what}, got the text {_shown(value)}; "
+                              "write a number such as 3e-3 or 0.5") from None
+    if not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be {what}, got {value!r} of type {type(value).__name__}")
+    if base is int:
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if math.isfinite(value) and float(value).is_integer():
+            return int(value)
+        raise ConfigError(f"{name} must be {what}, got {_shown(value)}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ConfigError(f"{name}={_shown(value)} is too large to be a number") from None
 
 
 def _parse_enum(enum_type: type[StrEnum], field_name: str, value: Any) -> StrEnum:
@@ -241,3 +407,6 @@ def _parse_enum(enum_type: type[StrEnum], field_name: str, value: Any) -> StrEnu
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, min(n, 64) + 1) if n % d == 0]
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}

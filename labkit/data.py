@@ -228,6 +228,15 @@ def _check_not_empty(text: str, name: str) -> None:
                           "in it, or use a built-in corpus: 'shakespeare' or 'pydoc'.")
 
 
+def _check_learnable(ids: torch.Tensor, name: str) -> None:
+    """Refuse a token stream with fewer than two distinct tokens: there is nothing to predict (a file of
+    zero bytes trains a one-token vocabulary to a loss of exactly 0)."""
+    distinct = torch.unique(ids).numel()
+    if distinct < 2:
+        raise CorpusError(f"corpus {name} has only {distinct} distinct token(s) in {ids.numel():,}: a language "
+                          "model needs text with at least two different characters. Is it a text file?")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Tokenizers
 # ---------------------------------------------------------------------------------------------------------
@@ -416,6 +425,7 @@ class Corpus:
         text, name = load_text(source)
         tok = make_tokenizer(tokenizer, text)
         ids = tok.encode_tensor(text)
+        _check_learnable(ids, name)
         n_train = int(len(ids) * (1.0 - val_fraction))
         return cls(name, text, tok, ids[:n_train].clone(), ids[n_train:].clone(), val_fraction)
 

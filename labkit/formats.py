@@ -19,6 +19,16 @@ Public API
 ``bytes_per_value(fmt)``, ``tensor_bytes_in_format(numel, fmt)``
     Memory accounting by format: the real saving of narrow formats is here.
 
+Format variants
+---------------
+FP8 comes in variants with different exponent biases. ``fp8-e4m3`` and ``fp8-e5m2`` are the OCP formats
+that torch's ``float8_e4m3fn`` / ``float8_e5m2`` and current GPUs implement (E5M2: smallest subnormal 2^-16).
+``fp8-e5m2-bias16`` is Graphcore's E5M2 (``unit_scaling.formats.FPFormat(5, 2)``): bias 16, no inf/NaN
+codes, smallest subnormal 2^-17, largest 57344, saturating. It has no torch dtype, so round-to-nearest is
+computed on its grid (ties to even; Graphcore's own ``quantise`` rounds ties toward zero, which differs
+only on exact midpoints). Its range sits one binade lower, which is exactly where a standard model's
+gradients are: whether "standard fails in FP8" depends on the variant (``docs/RESULTS.md``).
+
 Overflow semantics (the same for both rounding modes, and what torch 2.13's casts do)
 ------------------------------------------------------------------------------------
 * FP16, BF16 and FP8 E5M2 are IEEE-like: a value whose rounded magnitude exceeds the largest
@@ -39,6 +49,7 @@ Overflow semantics (the same for both rounding modes, and what torch 2.13's cast
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -88,7 +99,8 @@ class FormatSpec:
         min_normal: smallest positive normal value (``2**emin``).
         min_subnormal: smallest positive value (``min_normal * 2**-mantissa_bits``).
         bytes_per_value: storage size of one value.
-        dtype: the torch dtype that stores the format (and whose cast defines round-to-nearest).
+        dtype: the torch dtype that stores the format (and whose cast defines round-to-nearest), or None
+            for a format torch does not have (rounded on its grid instead).
         saturates: True when out-of-range values become ``±max_normal`` rather than ``±inf``.
         overflow_threshold: largest FP32 magnitude that round-to-nearest maps to at most
             ``max_normal``; any finite ``|x|`` above it overflows (to ``±inf``, or saturates).
@@ -102,7 +114,7 @@ class FormatSpec:
     min_normal: float
     min_subnormal: float
     bytes_per_value: int
-    dtype: torch.dtype
+    dtype: torch.dtype | None
     saturates: bool
     overflow_threshold: float
 
@@ -112,19 +124,37 @@ class FormatSpec:
         return round(math.log2(self.min_normal))
 
 
-def _build_spec(fmt: NumberFormat) -> FormatSpec:
-    dtype = _DTYPES[fmt]
-    info = torch.finfo(dtype)
-    mantissa_bits = round(-math.log2(info.eps))
-    exponent_bits = info.bits - 1 - mantissa_bits
-    max_normal = float(info.max)
+def _graphcore_spec(fmt: NumberFormat, exponent_bits: int, mantissa_bits: int) -> FormatSpec:
+    """A format as ``unit_scaling.formats.FPFormat`` defines it: bias 2^(e-1), every exponent code a number
+    (no inf/NaN), saturating at ``2^(2^(e-1)-1) · (2 - 2^-m)``."""
+    max_exponent = 2 ** (exponent_bits - 1) - 1
+    max_normal = 2.0**max_exponent * (2.0 - 2.0**-mantissa_bits)
+    min_normal = 2.0 ** (1 - 2 ** (exponent_bits - 1))
+    return FormatSpec(name=fmt, bits=1 + exponent_bits + mantissa_bits, exponent_bits=exponent_bits,
+                      mantissa_bits=mantissa_bits, max_normal=max_normal, min_normal=min_normal,
+                      min_subnormal=min_normal * 2.0**-mantissa_bits, bytes_per_value=1, dtype=None,
+                      saturates=True, overflow_threshold=_overflow_threshold(max_normal, mantissa_bits))
+
+
+def _overflow_threshold(max_normal: float, mantissa_bits: int) -> float:
     # Spacing of the values in the top binade, and whether the largest value has an odd last bit:
     # IEEE formats (all-ones fraction) round a tie at max + ulp/2 up (overflow); E4M3fn (fraction 110)
     # rounds it down to max.
     top_ulp = 2.0 ** (math.floor(math.log2(max_normal)) - mantissa_bits)
     midpoint = max_normal + top_ulp / 2
     max_is_odd = round(max_normal / top_ulp) % 2 == 1
-    threshold = _next_float32_down(midpoint) if max_is_odd else midpoint
+    return _next_float32_down(midpoint) if max_is_odd else midpoint
+
+
+def _build_spec(fmt: NumberFormat) -> FormatSpec:
+    if fmt is NumberFormat.FP8_E5M2_BIAS16:
+        return _graphcore_spec(fmt, 5, 2)
+    dtype = _DTYPES[fmt]
+    info = torch.finfo(dtype)
+    mantissa_bits = round(-math.log2(info.eps))
+    exponent_bits = info.bits - 1 - mantissa_bits
+    max_normal = float(info.max)
+    threshold = _overflow_threshold(max_normal, mantissa_bits)
     return FormatSpec(
         name=fmt,
         bits=info.bits,
@@ -269,8 +299,21 @@ def _decode(q: torch.Tensor, fs: FormatSpec) -> torch.Tensor:
 
 
 def _round_nearest(x: torch.Tensor, fs: FormatSpec) -> torch.Tensor:
-    """Round to nearest, ties to even, with the range behaviour of torch's cast."""
+    """Round to nearest, ties to even, with the range behaviour of torch's cast (or, for a format torch
+    does not have, on the format's grid: see :func:`_round_nearest_on_grid`)."""
+    if fs.dtype is None:
+        return _round_nearest_on_grid(x, fs)
     return _decode(x.to(fs.dtype), fs)
+
+
+def _round_nearest_on_grid(x: torch.Tensor, fs: FormatSpec) -> torch.Tensor:
+    """Round to nearest, ties to even, on the grid of ``fs`` (spacing ``binade · 2^-mantissa_bits``,
+    constant below ``min_normal``: the subnormals), then apply its range. ``|x| / spacing`` is exact (a
+    power of two), and ``torch.round`` rounds halves to even, i.e. to an even last mantissa bit."""
+    steps = 2.0**fs.mantissa_bits
+    scale = _binade(x, fs)
+    index = x.abs().div_(scale).mul_(steps).round_()
+    return _apply_range_to_magnitude(index.div_(steps).mul_(scale), fs).copysign_(x)
 
 
 def _binade(x: torch.Tensor, fs: FormatSpec, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -539,6 +582,11 @@ class LossScaler:
         return {"mode": self.mode.value, "scale": self._scale, "clean_steps": self._clean_steps,
                 "skipped_steps": self.skipped_steps}
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a ``state_dict()`` (a resumed run)."""
+        self._scale, self._clean_steps = float(state["scale"]), int(state["clean_steps"])
+        self.skipped_steps = int(state["skipped_steps"])
+
 
 # ----------------------------------------------------------------------------------------------
 # Simulating a format in a model
@@ -550,8 +598,8 @@ def simulated_ops(ops: Ops, fwd: NumberFormat, bwd: NumberFormat, rounding: Roun
     training recipe runs it: inputs and weights rounded to ``fwd``, the gradient arriving at the output
     rounded to ``bwd``. Norms, nonlinearities and the loss stay FP32, as in mixed-precision recipes.
 
-    The fused LSTM rounds its inputs and weights but not its internal recurrent state (the kernel is
-    opaque); the unit-scaled LSTM is made of the table's linear ops and is rounded throughout.
+    The LSTM rounds its inputs and weights but not its internal recurrent state (the fused kernel is
+    opaque, and the unit-scaled LSTM runs the same kernel).
     """
 
     def q_in(t: torch.Tensor) -> torch.Tensor:
@@ -572,6 +620,7 @@ def simulated_ops(ops: Ops, fwd: NumberFormat, bwd: NumberFormat, rounding: Roun
     def attention(q, k, v):
         return q_out(ops.attention(q_in(q), q_in(k), q_in(v)))
 
+    @functools.wraps(ops.lstm)
     def lstm(x, weights, num_layers, training):
         return q_out(ops.lstm(q_in(x), [q_in(w) for w in weights], num_layers, training))
 

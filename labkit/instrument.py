@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from labkit.models.layers import LSTM, fused_lstm
+from labkit.devices import cuda_memory
+from labkit.models.layers import LSTM, runs_fused_kernel
 
 _PROCESS = psutil.Process(os.getpid())
 
@@ -122,7 +123,8 @@ class MemoryMeter:
     """Memory of a training step, broken down the way the lab charts it (all in bytes).
 
     ``mem_params``, ``mem_grads``, ``mem_optimizer``, ``mem_activations`` (saved for backward) and
-    ``mem_total`` (their sum), plus the process resident set size ``rss`` and, on CUDA, ``cuda_peak``.
+    ``mem_total`` (their sum), plus the process resident set size ``rss`` and, on CUDA, the allocator's
+    ``mem_cuda_allocated``, ``mem_cuda_reserved`` and ``mem_cuda_peak`` (:func:`labkit.devices.cuda_memory`).
     ``value_bytes`` maps a category to bytes per value when a simulated format stores it narrower.
     """
 
@@ -132,7 +134,7 @@ class MemoryMeter:
         self.optimizer = optimizer
         self.value_bytes = dict(value_bytes or {})
         self.activations = ActivationMeter(model, self.value_bytes.get("activations"))
-        self.cuda = self.params[0].is_cuda if self.params else False
+        self.cuda = self.params[0].device if self.params and self.params[0].is_cuda else None
 
     def measure(self) -> dict[str, float]:
         grads = [p.grad for p in self.params if p.grad is not None]
@@ -144,8 +146,8 @@ class MemoryMeter:
         }
         record["mem_total"] = sum(record.values())
         record["rss"] = _PROCESS.memory_info().rss
-        if self.cuda:
-            record["cuda_peak"] = torch.cuda.max_memory_allocated()
+        if self.cuda is not None:
+            record.update(cuda_memory(self.cuda))
         return record
 
 
@@ -166,8 +168,8 @@ def flops_per_step(model: nn.Module, ids: Tensor, loss_fn) -> int:
 
 
 def _fused_lstm_flops(lstm: LSTM, tokens: int) -> int:
-    if lstm.op is not fused_lstm:
-        return 0  # written-out LSTMs (unit-scaled, low precision) are counted by FlopCounterMode
+    if not runs_fused_kernel(lstm.op):
+        return 0  # written-out LSTMs (the unit-scaled reference loop) are counted by FlopCounterMode
     h = lstm.hidden_size
     fan_ins = [lstm.input_size] + [h] * (lstm.num_layers - 1)
     return 3 * sum(2 * 4 * h * (fan_in + h) for fan_in in fan_ins) * tokens

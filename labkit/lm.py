@@ -6,6 +6,11 @@
 Character-level models have no start-of-sentence token, so every sentence is scored *after a context*
 (by default a newline, the way every line of the corpus begins): the first row of the table is
 P(w_1 | context), not an unconditional P(w_1).
+
+A run trained earlier (and saved with a store) is loaded with :func:`load_model`::
+
+    model, tokenizer, run = load_model("20261201-101500-1a2b3c")
+    sample(model, tokenizer, "ROMEO:")
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from labkit.checkpoint import load_model
 from labkit.data import Tokenizer
+
+__all__ = ["load_model", "next_token_log_probs", "perplexity", "sample", "sentence_probability"]
 
 
 def _max_context(model: nn.Module) -> int | None:

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from labkit.build import build_for_run, load_corpus
+from labkit.build import build_for_run, load_corpus, resolve_device
 from labkit.config import RunConfig
 from labkit.models.layers import LSTM, Embedding, LayerNorm, Linear
 
@@ -104,9 +104,13 @@ def initial_scales(config: RunConfig) -> pd.DataFrame:
     """Per-layer RMS of activations, gradients and weights of ``config``'s model at initialisation,
     from one forward and backward pass on a training batch (what ``python -m labkit scales`` prints)."""
     torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)  # device="cuda" without CUDA is refused, never computed on the CPU
     corpus = load_corpus(config.corpus, config.tokenizer.value, config.val_fraction)
+    corpus.check_seq_len(config.seq_len)
     model, ops, _ = build_for_run(config, corpus.tokenizer.vocab_size)
+    model.to(device)
     x, y = corpus.get_batch("train", config.batch_size, config.seq_len, torch.Generator().manual_seed(config.seed))
+    x, y = x.to(device), y.to(device)
     recorder = ScaleRecorder(model)
     with recorder.recording(step=0):
         ops.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()

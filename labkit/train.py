@@ -5,8 +5,10 @@
 
 Each record (every ``log_every`` steps, and at every evaluation and the last step) holds: ``step``,
 ``tokens``, ``train_loss``, ``val_loss`` (NaN between evaluations), ``lr``, ``grad_norm``,
-``param_norm``, ``norm/<parameter>``, memory (``mem_*`` bytes and ``rss``), ``step_time`` (seconds of
-the training step itself), ``tokens_per_s`` and ``instr_time`` (seconds spent measuring).
+``param_norm``, ``norm/<parameter>``, per optimizer group ``eff_lr/<group>`` (base LR × schedule × the
+group's factor) and ``rel_update/<group>`` (‖ΔW‖/‖W‖ of that step's update; ``labkit.coord.UpdateMeter``),
+memory (``mem_*`` bytes and ``rss``), ``step_time`` (seconds of the training step itself), ``tokens_per_s``
+and ``instr_time`` (seconds spent measuring).
 
 A run ends ``finished``; ``stopped`` when :meth:`Trainer.stop` is called (from any thread, e.g. a Stop
 button) or on Ctrl-C; ``diverged`` at the first step whose loss is NaN or infinite or once the smoothed loss
@@ -14,6 +16,15 @@ has risen well above where it started (``labkit.divergence``: the step and the r
 ``run.info["divergence"]`` and ``run.error``); ``failed`` on an error. A finished run that ended no better
 than a uniform guess carries ``run.info["did_not_learn"]``. In every case the records so far are kept and, with
 a store, saved.
+An error found before training starts (no corpus, no CUDA, not enough memory or time) is raised without
+saving anything.
+
+With a store, a checkpoint (:mod:`labkit.checkpoint`) is written at every evaluation and when the run stops,
+and :meth:`Trainer.resuming` / :func:`resume` continue a finished, stopped or interrupted run from it. The
+learning-rate schedule is defined by the run's *final* total of steps: resuming to N steps continues the
+schedule of an N-step run. So a run of N planned steps that is stopped or killed and then resumed gives the
+same losses as an uninterrupted one; extending a finished cosine run restarts the decay from where an N-step
+schedule would be (a constant schedule extends exactly).
 """
 
 from __future__ import annotations
@@ -30,14 +41,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.build import ResourceError, build_for_run, load_corpus, resolve_device
-from labkit.config import LossScaling, NumberFormat, Optimizer, RunConfig, Schedule
+from labkit.budget import check_time
+from labkit.build import ResourceError, build_for_run, load_corpus, resolve_device, rounding_generator
+from labkit.checkpoint import TrainingState, checkpoint_path, load_checkpoint
+from labkit.config import ConfigError, LossScaling, NumberFormat, Optimizer, RunConfig, Schedule
+from labkit.coord import UpdateMeter
 from labkit.data import Corpus
+from labkit.devices import autocast, autocast_dtype, compute_precision, peak_flops
 from labkit.divergence import DivergenceDetector
 from labkit.formats import LossScaler, OverflowCounter, bytes_per_value
 from labkit.instrument import MemoryMeter, NormMeter, flops_per_step
 from labkit.models import build_model, count_parameters
-from labkit.runs import Run, RunStatus, RunStore
+from labkit.runs import HEARTBEAT_INTERVAL, Run, RunStatus, RunStore
 from labkit.scales import ScaleRecorder
 from labkit.scaling import ScalingMethod, get_method
 
@@ -121,6 +136,31 @@ class Trainer:
         self.corpus = corpus
         self.run = Run(config)
         self._stop = threading.Event()
+        self.started = False  # the run was saved once: an error after this is a "failed" run, before it none
+        self.interrupted = False  # ended by Ctrl-C (KeyboardInterrupt)
+        self._resume_from: dict | None = None  # a checkpoint to continue from (see resuming())
+        self._state: TrainingState | None = None
+        self._last_beat = 0.0
+
+    @classmethod
+    def resuming(cls, run_id: str, *, store: RunStore, steps: int | None = None, threads: int | None = None,
+                 callbacks: Iterable[Callback] = ()) -> Trainer:
+        """A Trainer that continues saved run ``run_id`` from its last checkpoint to ``steps`` steps in total
+        (default: the run's own), under the same id. The run must be finished, stopped or interrupted."""
+        run = store.load(run_id)
+        if run.status not in (RunStatus.FINISHED, RunStatus.STOPPED, RunStatus.INTERRUPTED):
+            raise ConfigError(f"run {run_id} is {run.status.value}; only finished, stopped or interrupted runs "
+                              "can be resumed" + (" (stop it first)" if run.status is RunStatus.RUNNING else ""))
+        checkpoint = load_checkpoint(store, run_id)
+        changes = {k: v for k, v in (("steps", steps), ("threads", threads)) if v is not None}
+        config = run.config.replace(**changes)
+        if config.steps <= checkpoint["step"]:
+            raise ConfigError(f"run {run_id} has a checkpoint at step {checkpoint['step']}; give steps larger than "
+                              f"that (the new total), got {config.steps}")
+        trainer = cls(config, callbacks=callbacks, store=store)
+        run.config = config
+        trainer.run, trainer._resume_from = run, checkpoint
+        return trainer
 
     def stop(self) -> None:
         """Ask the run to stop before its next step (safe from any thread)."""
@@ -140,18 +180,37 @@ class Trainer:
             self._train()
         except KeyboardInterrupt:
             run.status = RunStatus.STOPPED
+            self.interrupted = True
         except BaseException as exc:
             run.status = RunStatus.FAILED
             run.error = f"{type(exc).__name__}: {exc}"
             run.info["traceback"] = traceback.format_exc()
-            self._save()
+            if self.started:
+                self._save()
             raise
-        self._save()
+        if self.started:
+            self._save()
         return run
 
     def _save(self) -> None:
         if self.store is not None:
             self.store.save(self.run)
+            self._last_beat = time.monotonic()
+
+    def _beat(self) -> None:
+        """Keep the saved run's heartbeat fresh between saves (a cheap touch, at most every 30 s)."""
+        if self.store is not None and time.monotonic() - self._last_beat > HEARTBEAT_INTERVAL:
+            self.store.beat(self.run)
+            self._last_beat = time.monotonic()
+
+    def _checkpoint(self, step: int) -> None:
+        """Save model, optimizer, loss scaler and RNG state after ``step`` (with a store)."""
+        if self.store is None or self._state is None or step < 1:
+            return
+        start = time.perf_counter()
+        size = self._state.save(checkpoint_path(self.store, self.run.id), step)
+        self.run.info.update(checkpoint_step=step, checkpoint_bytes=size,
+                             checkpoint_seconds=time.perf_counter() - start)
 
     def _train(self) -> None:
         cfg, run = self.config, self.run
@@ -160,11 +219,14 @@ class Trainer:
         corpus = self.corpus or load_corpus(cfg.corpus, cfg.tokenizer.value, cfg.val_fraction)
         corpus.check_seq_len(cfg.seq_len)  # fail before building anything if the text is too short
         vocab = corpus.tokenizer.vocab_size
+        run.info["step_seconds_estimate"] = check_time(cfg, vocab, device.type)
         run.info["memory_estimate"] = check_memory(cfg, vocab)
 
         simulated = cfg.format is not NumberFormat.FP32 or cfg.effective_grad_format is not NumberFormat.FP32
+        simulated = simulated and autocast_dtype(cfg, device) is None  # BF16 on CUDA is real (autocast)
         counter = OverflowCounter() if simulated else None
-        model, ops, method = build_for_run(cfg, vocab, counter)
+        rounding = rounding_generator(cfg)
+        model, ops, method = build_for_run(cfg, vocab, counter, device, rounding)
         peak_lr = peak_learning_rate(cfg, method)
         model.to(device)
         if device.type == "cuda":
@@ -179,24 +241,38 @@ class Trainer:
         run.info["flops_per_step"] = flops_per_step(model, sample.to(device), ops.cross_entropy)
         if counter is not None:
             counter.snapshot_and_reset()  # forget the FLOP count's pass
+        precision = compute_precision(cfg, device)
+        peak = peak_flops(device, precision)
+        run.info.update(precision=precision, peak_flops=peak)
+        if getattr(model, "fp8_kernel", None) is not None:
+            run.info["fp8"] = model.fp8_kernel.stats  # _scaled_mm calls and FP32 fallbacks, updated live
         self.model, self.optimizer, self.ops = model, optimizer, ops
         value_bytes = ({"params": bytes_per_value(cfg.format), "activations": bytes_per_value(cfg.format),
                         "grads": bytes_per_value(cfg.effective_grad_format)} if simulated else None)
         norms, memory = NormMeter(model), MemoryMeter(model, optimizer, value_bytes)
         params = [p for p in model.parameters() if p.requires_grad]
         scaler = LossScaler(cfg.loss_scaling, cfg.loss_scale) if cfg.loss_scaling is not LossScaling.NONE else None
+        self._state = TrainingState(model, optimizer, scaler, {"batches": batches, "rounding": rounding},
+                                    corpus.tokenizer)
+        first_step = self._restore() + 1
         scales = ScaleRecorder(model, sink=run.scales)
+        updates = UpdateMeter(optimizer)
         self._save()
+        self.started = True
 
         tokens_per_step = cfg.batch_size * cfg.seq_len
         divergence = DivergenceDetector(vocab)
         model.train()  # validation_loss() switches to eval mode and back; nothing else changes the mode
-        for step in range(1, cfg.steps + 1):
+        for step in range(first_step, cfg.steps + 1):
             if self._stop.is_set():
                 run.status = RunStatus.STOPPED
+                self._save()  # records first, then the checkpoint: a kill in between only repeats steps
+                self._checkpoint(step - 1)
                 return
             evaluate = step % cfg.eval_every == 0 or step == cfg.steps
             record_now = evaluate or step % cfg.log_every == 0
+            if record_now:
+                updates.before_step()  # a copy of the weights, outside the timed step
             start = time.perf_counter()
             lr = learning_rate(cfg, peak_lr, step)
             for group in optimizer.param_groups:
@@ -205,7 +281,7 @@ class Trainer:
             x, y = x.to(device), y.to(device)
             sample_scales = cfg.scales_every and (step == 1 or step % cfg.scales_every == 0)
             with scales.recording(step) if sample_scales else contextlib.nullcontext():
-                with memory.activations.track() if record_now else contextlib.nullcontext():
+                with memory.activations.track() if record_now else contextlib.nullcontext(), autocast(cfg, device):
                     logits = model(x)
                     loss = ops.cross_entropy(logits.flatten(0, 1), y.flatten())
                 loss_value = loss.item()
@@ -224,14 +300,20 @@ class Trainer:
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
             if not skip:
                 optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # the step's kernels are queued: time them, not their launch
             step_time = time.perf_counter() - start
+            self._beat()
             if not record_now:
                 continue
             record = {"step": step, "tokens": step * tokens_per_step, "train_loss": loss_value,
                       "val_loss": self.validation_loss(model, corpus, device) if evaluate else math.nan,
                       "lr": lr, "step_time": step_time, "tokens_per_s": tokens_per_step / step_time}
+            if peak:  # model FLOP utilisation against the device's peak in the run's precision
+                record["mfu"] = run.info["flops_per_step"] / step_time / peak
             measure_start = time.perf_counter()
             record.update(norms.measure())
+            record.update(updates.after_step())
             record.update(memory.measure())
             if counter is not None:
                 record.update(format_counts(counter.snapshot_and_reset()))
@@ -242,10 +324,25 @@ class Trainer:
             for callback in self.callbacks:
                 callback(run, record)
             if evaluate:
-                self._save()
+                self._save()  # records first, then the checkpoint: a kill in between only repeats steps
+                self._checkpoint(step)
         run.status = RunStatus.FINISHED
         if (not_learned := divergence.did_not_learn()) is not None:
             run.info["did_not_learn"] = not_learned
+
+    def _restore(self) -> int:
+        """Continue from the checkpoint given to :meth:`resuming`: restore the training state, drop records
+        after its step (they are trained again, identically); returns that step (0 for a new run)."""
+        if self._resume_from is None or self._state is None:
+            return 0
+        step = self._state.restore(self._resume_from)
+        run = self.run
+        run.records = [r for r in run.records if r["step"] <= step]
+        run.scales[:] = [r for r in run.scales if r["step"] <= step]
+        run.status, run.error = RunStatus.RUNNING, None
+        run.info.setdefault("resumed", []).append({"from_step": step, "to_steps": self.config.steps,
+                                                   "at": time.time()})
+        return step
 
     @torch.no_grad()
     def validation_loss(self, model: nn.Module, corpus: Corpus, device: torch.device) -> float:
@@ -256,7 +353,8 @@ class Trainer:
         total = 0.0
         for _ in range(cfg.eval_batches):
             x, y = corpus.get_batch("val", cfg.batch_size, cfg.seq_len, generator)
-            logits = model(x.to(device))
+            with autocast(cfg, device):
+                logits = model(x.to(device))
             total += F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten()).item()
         model.train()
         return total / cfg.eval_batches
@@ -267,3 +365,10 @@ def train(config: RunConfig | None = None, *, callbacks: Iterable[Callback] = ()
     """Train one run: ``train(arch="lstm", steps=100)`` or ``train(RunConfig(...))``."""
     config = (config or RunConfig()).replace(**overrides) if overrides else (config or RunConfig())
     return Trainer(config, callbacks=callbacks, store=store).train()
+
+
+def resume(run_id: str, steps: int | None = None, *, store: RunStore | None = None,
+           callbacks: Iterable[Callback] = (), threads: int | None = None) -> Run:
+    """Continue saved run ``run_id`` to ``steps`` steps in total (see :meth:`Trainer.resuming`)."""
+    return Trainer.resuming(run_id, store=store or RunStore(), steps=steps, threads=threads,
+                            callbacks=callbacks).train()

@@ -97,7 +97,7 @@ def test_spec_is_frozen_and_accepts_strings():
 
 
 def test_bytes_helpers():
-    assert [bytes_per_value(f) for f in F] == [4, 2, 2, 1, 1]
+    assert [bytes_per_value(f) for f in F] == [4, 2, 2, 1, 1, 1]
     assert tensor_bytes_in_format(1000, F.FP32) == 4000
     assert tensor_bytes_in_format(1000, F.BF16) == 2000
     assert tensor_bytes_in_format(1000, "fp8-e5m2") == 1000
@@ -153,15 +153,71 @@ def edge_inputs() -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize("fmt", NARROW)
-def test_round_to_nearest_matches_torch_cast(fmt):
+# Each format from its definition, written out independently of labkit.formats and of torch's dtypes:
+# (mantissa bits, exponent of the smallest normal, largest finite value, beyond it: saturate or inf).
+DEFINITIONS = {
+    F.BF16: (7, -126, (2 - 2.0**-7) * 2.0**127, False),
+    F.FP16: (10, -14, 65504.0, False),
+    F.FP8_E4M3: (3, -6, 448.0, True),  # OCP E4M3 "fn": no inf, torch's cast saturates
+    F.FP8_E5M2: (2, -14, 57344.0, False),  # OCP E5M2 (IEEE-like)
+    F.FP8_E5M2_BIAS16: (2, -15, 57344.0, True),  # Graphcore's E5M2: bias 16, no inf/NaN codes
+}
+
+
+def reference_round(x: float, fmt: NumberFormat) -> float:
+    """Round-to-nearest-even from first principles, in Python floats (float64, exact for FP32 inputs)."""
+    mantissa_bits, emin, largest, saturates = DEFINITIONS[fmt]
+    if math.isnan(x):
+        return math.nan
+    if math.isinf(x):
+        return math.copysign(largest, x) if saturates else x
+    if x == 0:
+        return x
+    _, exponent = math.frexp(abs(x))  # |x| = f · 2^exponent, f in [0.5, 1)
+    spacing = 2.0 ** (max(exponent - 1, emin) - mantissa_bits)
+    q = round(abs(x) / spacing) * spacing  # Python's round(): halves to even
+    if q > largest:
+        q = largest if saturates else math.inf
+    return math.copysign(q, x)
+
+
+@pytest.mark.parametrize("fmt", [*NARROW, F.FP8_E5M2_BIAS16])
+def test_round_to_nearest_matches_an_independent_reference(fmt):
     x = edge_inputs()
     q = quantise(x, fmt)
     assert q.dtype == torch.float32 and q.shape == x.shape
-    expected = x.to(spec(fmt).dtype).to(torch.float32)
+    expected = torch.tensor([reference_round(v, fmt) for v in x.tolist()], dtype=torch.float32)
     torch.testing.assert_close(q, expected, rtol=0, atol=0, equal_nan=True)
-    # Signs of zeros too.
-    assert torch.equal(torch.signbit(q[q == 0]), torch.signbit(expected[expected == 0]))
+    assert torch.equal(torch.signbit(q[q == 0]), torch.signbit(expected[expected == 0]))  # signs of zeros too
+    if fmt in NARROW:  # and the reference agrees with torch's cast where torch has the format
+        torch.testing.assert_close(x.to(spec(fmt).dtype).float(), expected, rtol=0, atol=0, equal_nan=True)
+
+
+def test_bias16_e5m2_spec_and_graphcore_oracle():
+    from unit_scaling.formats import FPFormat
+
+    fs, ocp = spec(F.FP8_E5M2_BIAS16), spec(F.FP8_E5M2)
+    assert (fs.bits, fs.exponent_bits, fs.mantissa_bits, fs.bytes_per_value) == (8, 5, 2, 1)
+    assert (fs.min_subnormal, fs.min_normal, fs.max_normal) == (2.0**-17, 2.0**-15, 57344.0)
+    assert fs.min_subnormal == ocp.min_subnormal / 2 and fs.saturates and fs.dtype is None
+    theirs = FPFormat(5, 2, rounding="nearest")
+    assert (theirs.min_absolute_subnormal, theirs.max_absolute_value) == (fs.min_subnormal, fs.max_normal)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(100_000, generator=g) * 2.0 ** torch.randint(-24, 18, (100_000,), generator=g).float()
+    torch.testing.assert_close(quantise(x, F.FP8_E5M2_BIAS16), theirs.quantise(x), rtol=0, atol=0)
+    # Exact midpoints: ours ties to even, Graphcore's "nearest" rounds them toward zero.
+    tie = torch.tensor([1.375, 2.0**-17 * 1.5])
+    assert quantise(tie, F.FP8_E5M2_BIAS16).tolist() == [1.5, 2.0**-16]
+    assert theirs.quantise(tie).tolist() == [1.25, 2.0**-17]
+
+
+def test_bias16_e5m2_keeps_values_that_ocp_e5m2_flushes():
+    x = torch.tensor([2.0**-16.5, 2.0**-17, 2.0**-16])
+    assert quantise(x, F.FP8_E5M2).tolist() == [2.0**-16, 0.0, 2.0**-16]
+    assert quantise(x, F.FP8_E5M2_BIAS16).tolist() == [2.0**-17, 2.0**-17, 2.0**-16]
+    counter = OverflowCounter()
+    quantise(torch.full((10,), 2.0**-17), F.FP8_E5M2_BIAS16, counter=counter, kind="bwd")
+    assert counter.snapshot_and_reset()["bwd_underflow"] == 0
 
 
 def test_e4m3_decode_table_matches_torch_for_all_codes():

@@ -39,8 +39,33 @@ def test_probabilities_match_a_direct_softmax(trained):
 
 def test_long_texts_use_a_sliding_window(trained):
     model, tokenizer = trained
-    table = sentence_probability(model, tokenizer, "a" * 50)  # longer than the model's 32 positions
-    assert len(table) == 50 and table["p"].between(0, 1).all()
+    window = model.seq_len  # 32
+    text = "To be, or not to be, that is the question: whether 'tis nobler"  # 63 characters
+    table = sentence_probability(model, tokenizer, text)
+    ids = tokenizer.encode("\n" + text)
+    assert len(table) == len(text)
+    with torch.no_grad():  # row i = P(text[i] | the last `window` tokens up to ids[i]), computed directly
+        for i in (0, 5, window - 1, window, window + 1, 50, len(text) - 1):
+            context = torch.tensor(ids[max(0, i + 1 - window): i + 1])
+            expected = torch.softmax(model(context[None])[0, -1], dim=-1)[ids[i + 1]].item()
+            assert table["p"].iloc[i] == pytest.approx(expected, rel=1e-5), i
+    # A token that has slid out of every window changes nothing; inside the window it does.
+    changed = sentence_probability(model, tokenizer, "X" + text[1:])
+    assert changed["p"].iloc[window + 1:].tolist() == pytest.approx(table["p"].iloc[window + 1:].tolist(), rel=1e-6)
+    assert changed["p"].iloc[1] != pytest.approx(table["p"].iloc[1], rel=1e-3)
+
+
+@pytest.mark.parametrize("scaling", ["unit", "u-mup"])
+def test_sample_from_a_fresh_unit_scaled_model(scaling):
+    from labkit.build import build_for_run
+    from labkit.config import RunConfig
+    from labkit.scaling import ops
+
+    ops._normal_moments.cache_clear()  # sample() runs under no_grad: the first GELU call must work there
+    tokenizer = Corpus.load("shakespeare").tokenizer
+    model, _, _ = build_for_run(RunConfig(scaling=scaling, width=32, heads=2, seq_len=16), tokenizer.vocab_size)
+    text = sample(model, tokenizer, "KING:\n", length=20, seed=3)
+    assert len(text) == 20 and text == sample(model, tokenizer, "KING:\n", length=20, seed=3)
 
 
 def test_perplexity_is_length_normalised(trained):

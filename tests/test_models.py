@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from labkit.build import build_for_run
 from labkit.config import Arch, RunConfig
 from labkit.instrument import flops_per_step
 from labkit.models import LSTMLanguageModel, build_model, count_parameters
@@ -42,14 +43,30 @@ def test_seed_lstm_matches_torch_nn_lstm():
     torch.testing.assert_close(ours(ids), seed(ids), rtol=1e-5, atol=1e-6)
 
 
-def test_transformer_is_causal():
-    model = build_model(RunConfig(width=32, heads=2, seq_len=16).model_config(30))
-    ids = torch.randint(0, 30, (1, 16))
+@pytest.mark.parametrize("scaling", ["standard", "unit", "u-mup"])
+def test_transformer_is_causal(scaling):
+    model, _, _ = build_for_run(RunConfig(scaling=scaling, width=32, heads=2, seq_len=16), vocab_size=30)
+    ids = torch.randint(0, 30, (1, 16), generator=torch.Generator().manual_seed(0))
     changed = ids.clone()
     changed[0, 10] = (ids[0, 10] + 1) % 30
     a, b = model(ids), model(changed)
-    torch.testing.assert_close(a[0, :10], b[0, :10])
-    assert not torch.allclose(a[0, 10:], b[0, 10:])
+    torch.testing.assert_close(a[0, :10], b[0, :10])  # the past does not see the change
+    assert (a[0, 10:] - b[0, 10:]).abs().amax(dim=-1).min() > 1e-4  # every later position does
+
+
+@pytest.mark.parametrize("scaling", ["standard", "unit", "u-mup"])
+def test_prefix_conditionals_do_not_depend_on_what_follows(scaling):
+    """P(w_t | w_<t) from a prefix alone equals the same position's inside any longer text."""
+    model, _, _ = build_for_run(RunConfig(scaling=scaling, width=64, heads=4, seq_len=64), vocab_size=40)
+    with torch.no_grad():  # move off the initialisation, so attention is not flat
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5 * p.std().nan_to_num(0.0))
+    ids = torch.randint(0, 40, (2, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = torch.log_softmax(model(ids), dim=-1)
+        for length in (1, 2, 9, 33, 63):
+            prefix = torch.log_softmax(model(ids[:, :length]), dim=-1)
+            torch.testing.assert_close(prefix, full[:, :length], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", [Arch.TRANSFORMER, Arch.LSTM, Arch.MLP])

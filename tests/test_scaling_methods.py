@@ -5,7 +5,7 @@ import torch
 from torch.nn.utils.parametrizations import weight_norm
 
 from labkit.build import build_for_run
-from labkit.config import Arch, RunConfig, Scaling
+from labkit.config import Arch, Optimizer, RunConfig, Scaling
 from labkit.instrument import flops_per_step, used_norms
 from labkit.models import count_parameters
 from labkit.scales import initial_scales
@@ -110,14 +110,79 @@ def test_per_row_unit_norm_matches_weight_norm_with_unit_gain():
     assert torch.linalg.vector_norm(UnitNorm()(linear.weight)).item() == pytest.approx(1.0)
 
 
-def test_umup_param_groups_carry_the_rules():
-    model, _, method = build_for_run(RunConfig(scaling="u-mup", width=128, depth=2), vocab_size=70)
-    groups = {g["name"]: g for g in method.param_groups(model, 1.0, RunConfig().optimizer)}
-    assert groups["blocks.0.mlp.fc.weight"]["lr"] == pytest.approx(128**-0.5 * 2**-0.5)
-    assert groups["blocks.0.mlp.proj.weight"]["lr"] == pytest.approx(512**-0.5 * 2**-0.5)
-    assert groups["token_embedding.weight"]["lr"] == 1.0
-    assert groups["head.weight"]["lr"] == 1.0
-    assert groups["blocks.1.ln1.weight"]["lr"] == pytest.approx(2**-0.5)
+def graphcore_transformer(vocab: int, width: int, depth: int, seq_len: int) -> torch.nn.Module:
+    """labkit's Transformer rebuilt from Graphcore's modules: same parameter names, shapes and order."""
+    import unit_scaling as uu
+
+    def block() -> torch.nn.Module:
+        b = torch.nn.Module()
+        b.ln1 = uu.LayerNorm(width, elementwise_affine=True)
+        b.attn = torch.nn.Module()
+        b.attn.qkv, b.attn.proj = uu.Linear(width, 3 * width, bias=True), uu.Linear(width, width, bias=True)
+        b.ln2 = uu.LayerNorm(width, elementwise_affine=True)
+        b.mlp = torch.nn.Module()
+        b.mlp.fc, b.mlp.proj = uu.Linear(width, 4 * width, bias=True), uu.Linear(4 * width, width, bias=True)
+        return b
+
+    model = torch.nn.Module()
+    model.token_embedding = uu.Embedding(vocab, width)
+    model.position_embedding = uu.Embedding(seq_len, width)
+    model.blocks = uu.DepthModuleList(block() for _ in range(depth))
+    model.ln_f = uu.LayerNorm(width, elementwise_affine=True)
+    model.head = uu.LinearReadout(width, vocab, bias=True)
+    return model
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+@pytest.mark.parametrize("depth", [1, 3])
+@pytest.mark.parametrize("width", [64, 128, 256])
+def test_umup_lr_factors_match_graphcore_for_every_parameter(width, depth, optimizer):
+    from unit_scaling.optim import lr_scale_func_adam, lr_scale_func_sgd, scaled_parameters
+
+    config = RunConfig(scaling="u-mup", width=width, depth=depth, heads=4, seq_len=32, optimizer=optimizer)
+    model, _, method = build_for_run(config, vocab_size=70)
+    ours = {g["name"]: g["lr_scale"] for g in method.param_groups(model, 1.0, config.optimizer)}
+    theirs_model = graphcore_transformer(70, width, depth, 32)
+    # labkit's readout is unconstrained, like LinearReadout's default: Graphcore's SGD rule for that case.
+    rule = lr_scale_func_adam if optimizer == "adamw" else lr_scale_func_sgd(readout_constraint=None)
+    groups = scaled_parameters(theirs_model.parameters(), rule, lr=1.0)
+    theirs = {name: g["lr"] for (name, _), g in zip(theirs_model.named_parameters(), groups, strict=True)}
+    assert list(ours) == list(theirs)
+    for name in theirs:
+        assert ours[name] == pytest.approx(theirs[name], rel=1e-12), name
+    assert ours["token_embedding.weight"] == pytest.approx(width**-0.5)  # the rule the issue was about
+
+
+@pytest.mark.parametrize("width", [64, 256])
+def test_umup_sgd_factors_for_a_constrained_readout_match_graphcore(width):
+    from unit_scaling.optim import lr_scale_func_sgd
+
+    from labkit.scaling.ops import Constraint
+    from labkit.scaling.umup import lr_scale
+
+    model, _, _ = build_for_run(RunConfig(scaling="u-mup", width=width, depth=2), vocab_size=70)
+    theirs_model = graphcore_transformer(70, width, 2, RunConfig().seq_len)
+    rule = lr_scale_func_sgd(readout_constraint="to_output_scale")
+    for (name, ours), (_, theirs) in zip(model.named_parameters(), theirs_model.named_parameters(), strict=True):
+        scale, _ = lr_scale(ours, Optimizer.SGD, Constraint.TO_OUTPUT_SCALE)
+        assert scale == pytest.approx(rule(theirs), rel=1e-12), name
+
+
+def test_umup_rules_read_tags_not_names():
+    """A model labkit did not write: tagged by hand, its factors follow the tags whatever its names."""
+    from labkit.models.roles import Role, tag, tag_residual_depth
+
+    model = torch.nn.Sequential(torch.nn.Embedding(50, 32), torch.nn.Linear(32, 64), torch.nn.Linear(64, 50))
+    tag(model[0].weight, Role.EMBEDDING)
+    tag(model[1].weight, Role.WEIGHT), tag(model[1].bias, Role.BIAS)
+    tag(model[2].weight, Role.WEIGHT), tag(model[2].bias, Role.BIAS)  # not the readout, though it is last
+    tag_residual_depth(model[1], 4)
+    groups = {g["name"]: g["lr_scale"] for g in get_method("u-mup").param_groups(model, 1.0, Optimizer.ADAMW)}
+    assert groups == pytest.approx({"0.weight": 32**-0.5, "1.weight": 32**-0.5 * 4**-0.5, "1.bias": 4**-0.5,
+                                    "2.weight": 64**-0.5, "2.bias": 1.0})
+    untagged = torch.nn.Linear(3, 3)
+    with pytest.raises(ValueError, match="no role tag"):
+        get_method("u-mup").param_groups(untagged, 1.0, Optimizer.ADAMW)
 
 
 def test_umup_residual_rule_matches_graphcore():

@@ -9,12 +9,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from labkit.__main__ import main
+from labkit.cli import main
 from labkit.config import ConfigError, RunConfig
 from labkit.runs import RunStatus, RunStore
 from labkit.sweep import (
@@ -65,7 +66,7 @@ def test_grid_order_keys_and_ranges():
     assert config_key(configs[0]) == config_key(RunConfig.from_dict(configs[0].to_dict()))  # stable
     assert len({config_key(c) for c in configs}) == len(configs)
     assert doubling(2**-10, 2**0) == [2.0**k for k in range(-10, 1)]
-    from labkit.__main__ import parse_number
+    from labkit.cli import parse_number
 
     assert parse_values("2**-3..2**-1,1", parse_number) == [0.125, 0.25, 0.5, 1.0]
     assert parse_values("32..128", int) == [32, 64, 128]
@@ -151,10 +152,13 @@ def test_dask_cluster_gives_the_same_losses(tmp_path, reference, dask_client):
     assert {int(w.split(":")[1]) for w in table["worker"]} <= worker_pids
 
 
-def test_dask_missing_is_a_clear_error(monkeypatch):
+def test_dask_missing_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if dask[distributed] were not installed
     with pytest.raises(ImportError, match=r"pip install 'labkit\[distributed\]'"):
         DaskExecutor().start()
+    with pytest.raises(ImportError, match="distributed"):
+        Sweep(small_grid(), "no-dask", root=tmp_path).run("dask", progress=False)
+    assert not (tmp_path / "sweeps.sqlite").exists()  # refused before the sweep was registered
 
 
 # --- failures, killed workers, resume -----------------------------------------------------------------------
@@ -312,3 +316,80 @@ def test_best_lr_of_concatenated_sweep_tables():
     both = pd.concat([table("standard", [2.0, 1.5, 3.0]), table("u-mup", [2.5, 2.0, 1.0])])
     best = best_lr(both).set_index("scaling")["best_lr"]
     assert best.to_dict() == {"standard": 0.5, "u-mup": 1.0}
+
+
+# --- drivers sharing a sweep --------------------------------------------------------------------------------
+
+SHARED_SWEEP = ["sweep", "--width", "32", "--heads", "2", "--depth", "1", "--seq-len", "32", "--batch-size", "8",
+                "--lr", "2**-10..2**-3", "--steps", "150", "--eval-every", "75", "--eval-batches", "2",
+                "--name", "shared", "--quiet", "--json"]
+
+
+def test_two_drivers_train_each_config_exactly_once(tmp_path):
+    command = [sys.executable, "-m", "labkit", *SHARED_SWEEP, "--executor", "sequential", "--runs-dir", str(tmp_path)]
+    drivers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    outputs = [d.communicate(timeout=600) for d in drivers]
+    assert [d.returncode for d in drivers] == [0, 0], [err for _, err in outputs]
+    store = RunStore(tmp_path)
+    table = load_sweep("shared", tmp_path)
+    assert len(table) == 8 and (table["status"] == "finished").all() and (table["attempts"] == 1).all()
+    assert len(store.ids()) == 8 and sorted(store.ids()) == sorted(table["run_id"])  # 8 trainings, not 16
+    assert table["worker"].nunique() == 2  # both drivers trained some
+    for out, _ in outputs:  # each driver waited for the other and reports the whole grid
+        assert all(row["status"] == "finished" for row in json.loads(out))
+
+
+def test_claims_are_exclusive_and_a_dead_drivers_claims_lapse(tmp_path):
+    from labkit.sweep.store import SweepIndex
+
+    configs = small_grid()
+    keys = [config_key(c) for c in configs]
+    index = SweepIndex(tmp_path)
+    index.add("s", configs)
+    since = time.time() + 1
+    a = index.claim("s", "driver-a", keys, 2, lease=1.0, since=since)
+    b = index.claim("s", "driver-b", keys, 10, lease=60.0, since=since)
+    assert [k for k, _ in a] == keys[:2] and [k for k, _ in b] == keys[2:]
+    assert index.claim("s", "driver-c", keys, 10, lease=60.0, since=since) == []
+    assert index.claimed_by_others("s", "driver-c", keys) == 6
+    time.sleep(1.2)  # driver-a died: no renewal
+    assert [k for k, _ in index.claim("s", "driver-c", keys, 10, lease=60.0, since=since)] == keys[:2]
+    index.release("s", "driver-b")
+    assert [k for k, _ in index.claim("s", "driver-c", keys, 10, lease=60.0, since=since)] == keys[2:]
+
+
+def test_bad_executor_or_workers_register_nothing(tmp_path):
+    for executor, workers in (("foo", None), ("local", 0), ("dask", 0)):
+        with pytest.raises(ConfigError):
+            Sweep(small_grid(), "phantom", root=tmp_path).run(executor, workers=workers, progress=False)
+    assert not (tmp_path / "sweeps.sqlite").exists()
+
+
+def test_killed_driver_stops_its_workers(tmp_path):
+    import psutil
+
+    command = [sys.executable, "-m", "labkit", *SHARED_SWEEP, "--steps", "100000", "--eval-every", "100000",
+               "--executor", "local", "--workers", "1", "--runs-dir", str(tmp_path)]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        parent = psutil.Process(driver.pid)
+        deadline = time.monotonic() + 180
+        workers: list[psutil.Process] = []
+        while time.monotonic() < deadline and not workers:  # a worker is a child of the fork server
+            time.sleep(0.5)
+            workers = [p for child in parent.children() for p in child.children()]
+        assert workers, "no worker started"
+        owner = None
+        while time.monotonic() < deadline and owner is None:  # the driver has claimed the run and sent it
+            time.sleep(0.5)
+            with sqlite3.connect(tmp_path / "sweeps.sqlite") as db:
+                owner = db.execute("SELECT owner FROM sweep_runs WHERE owner IS NOT NULL").fetchone()
+        time.sleep(2)  # the worker is training (100000 steps: minutes)
+        descendants = parent.children(recursive=True)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    gone, alive = psutil.wait_procs(descendants, timeout=30)
+    for process in alive:  # do not leave them behind if the test fails
+        process.kill()
+    assert not alive, f"{len(alive)} worker processes still running after their driver was killed"

@@ -134,9 +134,15 @@ def test_measure_costs_same_flops_and_bytes_for_seed_once():
 
 
 def test_step_times_ratio_to_first():
-    times = ws.step_times({"a": tiny(arch="lstm"), "b": tiny(arch="lstm")}, steps=3, warmup=1)
-    assert times.loc["a", "vs first"] == 1.0
-    assert (times["step time (ms)"] > 0).all()
+    """A model with ~60× the matmul work per step must come out measurably slower, in the right column."""
+    configs = {"small": tiny(arch="mlp", width=16, batch_size=8, seq_len=32),
+               "large": tiny(arch="mlp", width=256, batch_size=8, seq_len=32)}
+    times = ws.step_times(configs, steps=5, warmup=1)
+    assert list(times.index) == ["small", "large"]
+    assert times.loc["small", "vs first"] == 1.0
+    ms = times["step time (ms)"]
+    assert times.loc["large", "vs first"] == pytest.approx(ms["large"] / ms["small"], rel=0.1, abs=0.05)
+    assert times.loc["large", "vs first"] > 2.0, times
 
 
 def test_seed_verdicts_from_synthetic_measurements():

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from labkit.models.roles import Role, tag
+
 
 def _residual_split(x: Tensor, tau: float) -> tuple[Tensor, Tensor]:
     """Standard residual: the branch and the skip both see ``x`` unchanged."""
@@ -49,6 +51,16 @@ def fused_lstm(x: Tensor, weights: Sequence[Tensor], num_layers: int, training: 
     zeros = x.new_zeros(num_layers, batch, hidden)
     output, _, _ = torch.lstm(x, (zeros, zeros), list(weights), True, num_layers, 0.0, training, False, True)
     return output
+
+
+#: Marks an LSTM op that runs PyTorch's fused kernel, whose matmuls FLOP counting cannot see (it adds
+#: them by formula, ``labkit.instrument``); wrappers made with ``functools.wraps`` keep the mark.
+fused_lstm.runs_fused_kernel = True
+
+
+def runs_fused_kernel(op: Callable[..., Tensor]) -> bool:
+    """Whether the LSTM op ``op`` (or the op it wraps) runs PyTorch's fused kernel."""
+    return getattr(op, "runs_fused_kernel", False)
 
 
 @dataclass(frozen=True)
@@ -83,35 +95,45 @@ STANDARD_OPS = Ops()
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters and init) whose product is ``op(x, weight, bias)``."""
+    """``nn.Linear`` (same parameters and init) whose product is ``op(x, weight, bias)``.
+
+    The weight is tagged ``role`` (a hidden ``WEIGHT``, or ``READOUT`` for the projection to logits),
+    the bias ``BIAS`` (:mod:`labkit.models.roles`).
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 op: Callable[..., Tensor] = F.linear) -> None:
+                 op: Callable[..., Tensor] = F.linear, role: Role = Role.WEIGHT) -> None:
         super().__init__(in_features, out_features, bias)
         self.op = op
+        tag(self.weight, role)
+        if self.bias is not None:
+            tag(self.bias, Role.BIAS)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.op(x, self.weight, self.bias)
 
 
 class Embedding(nn.Embedding):
-    """``nn.Embedding`` (same parameters and init) whose lookup is ``op(ids, weight)``."""
+    """``nn.Embedding`` (same parameters and init) whose lookup is ``op(ids, weight)``; table tagged ``EMBEDDING``."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, *,
                  op: Callable[..., Tensor] = F.embedding) -> None:
         super().__init__(num_embeddings, embedding_dim)
         self.op = op
+        tag(self.weight, Role.EMBEDDING)
 
     def forward(self, ids: Tensor) -> Tensor:
         return self.op(ids, self.weight)
 
 
 class LayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` (same parameters and init) computed by ``op``."""
+    """``nn.LayerNorm`` (same parameters and init) computed by ``op``; gain tagged ``NORM``, bias ``BIAS``."""
 
     def __init__(self, dim: int, *, op: Callable[..., Tensor] = F.layer_norm) -> None:
         super().__init__(dim)
         self.op = op
+        tag(self.weight, Role.NORM)
+        tag(self.bias, Role.BIAS)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.op(x, self.normalized_shape, self.weight, self.bias, self.eps)
@@ -137,6 +159,8 @@ class LSTM(nn.Module):
             self.register_parameter(f"weight_hh_l{layer}", nn.Parameter(torch.empty(4 * hidden_size, hidden_size)))
             self.register_parameter(f"bias_ih_l{layer}", nn.Parameter(torch.empty(4 * hidden_size)))
             self.register_parameter(f"bias_hh_l{layer}", nn.Parameter(torch.empty(4 * hidden_size)))
+        for name, p in self.named_parameters():
+            tag(p, Role.WEIGHT if name.startswith("weight") else Role.BIAS)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

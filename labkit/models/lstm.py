@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from labkit.models.layers import LSTM, STANDARD_OPS, Embedding, Linear, Ops
+from labkit.models.roles import Role
 
 
 class LSTMLanguageModel(nn.Module):
@@ -19,7 +20,7 @@ class LSTMLanguageModel(nn.Module):
         super().__init__()
         self.embedding = Embedding(vocab_size, width, op=ops.embedding)
         self.rnn = LSTM(width, width, depth, op=ops.lstm)
-        self.fc = Linear(width, vocab_size, op=ops.readout)
+        self.fc = Linear(width, vocab_size, op=ops.readout, role=Role.READOUT)
 
     def forward(self, ids: Tensor) -> Tensor:
         """Token ids (B, T) -> next-token logits (B, T, vocab)."""

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from labkit.models.layers import STANDARD_OPS, Embedding, Linear, Ops
+from labkit.models.roles import Role
 
 CONTEXT = 8  # tokens the MLP sees when predicting the next one
 
@@ -22,7 +23,7 @@ class MLPLanguageModel(nn.Module):
         self.embedding = Embedding(vocab_size, width, op=ops.embedding)
         sizes = [CONTEXT * width] + [width] * depth
         self.hidden = nn.ModuleList(Linear(a, b, op=ops.linear) for a, b in zip(sizes, sizes[1:], strict=False))
-        self.head = Linear(sizes[-1], vocab_size, op=ops.readout)
+        self.head = Linear(sizes[-1], vocab_size, op=ops.readout, role=Role.READOUT)
         self.gelu = ops.gelu
 
     def forward(self, ids: Tensor) -> Tensor:

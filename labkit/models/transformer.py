@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from labkit.models.layers import STANDARD_OPS, Embedding, LayerNorm, Linear, Ops
+from labkit.models.roles import Role, tag_residual_depth
 
 
 class CausalSelfAttention(nn.Module):
@@ -59,7 +60,10 @@ class Block(nn.Module):
 
 
 class TransformerLanguageModel(nn.Module):
-    """Token + learned position embeddings, ``depth`` pre-norm blocks, final norm, linear readout."""
+    """Token + learned position embeddings, ``depth`` pre-norm blocks, final norm, linear readout.
+
+    Every parameter inside ``blocks`` is tagged with residual depth ``depth`` (:mod:`labkit.models.roles`).
+    """
 
     def __init__(self, vocab_size: int, width: int, depth: int, heads: int, seq_len: int,
                  ops: Ops = STANDARD_OPS) -> None:
@@ -70,8 +74,9 @@ class TransformerLanguageModel(nn.Module):
         tau = ops.residual_tau
         self.blocks = nn.ModuleList(Block(width, heads, ops, tau(2 * i, 2 * depth), tau(2 * i + 1, 2 * depth))
                                     for i in range(depth))
+        tag_residual_depth(self.blocks, depth)
         self.ln_f = LayerNorm(width, op=ops.layer_norm)
-        self.head = Linear(width, vocab_size, op=ops.readout)
+        self.head = Linear(width, vocab_size, op=ops.readout, role=Role.READOUT)
         self.add = ops.add
 
     def forward(self, ids: Tensor) -> Tensor:

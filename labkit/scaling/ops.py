@@ -2,9 +2,16 @@
 
 Unit Scaling (Blake, Orr & Luschi, ICML 2023; see ``SCIENCE.md`` section 2) keeps every tensor of the
 forward *and* backward pass near unit scale at initialisation (weights drawn N(0, 1)). Each op multiplies
-its output by a fixed forward scale and each gradient it produces by a fixed backward scale. Everything
-here is built on one primitive, :func:`scale_fwd_bwd`, and each function's docstring states its rule
-(``fwd``: the output scale; ``bwd``: the scale of each gradient the op produces).
+its output by a fixed forward scale and each gradient it produces by a fixed backward scale. The
+primitive is :func:`scale_fwd_bwd`, and each function's docstring states its rule (``fwd``: the output
+scale; ``bwd``: the scale of each gradient the op produces).
+
+Speed: the scales cost no arithmetic to speak of, but each extra autograd node and each extra pass over
+an activation does. So forward scales are folded into the small tensors (weights, biases) where the op
+allows, weight-gradient scales are gradient hooks on those, and a few ops are one autograd node each
+(GELU, the residual split and add); the LSTM runs PyTorch's fused kernel. The same rules
+written literally, one ``scale_fwd``/``scale_bwd`` per scale, are in :mod:`labkit.scaling.reference`
+(and the Python-loop LSTM in :func:`lstm_reference`); the tests check both give the same numbers.
 
 Conventions:
 
@@ -19,7 +26,7 @@ Conventions:
 
 The reference implementation is Graphcore's ``unit-scaling`` 0.3.5 (``unit_scaling.functional``); the
 tests compare against it. Differences, all deliberate, are noted in the functions concerned (activation
-constants, causal attention's model of output std, the mean in ``cross_entropy`` with ignored targets).
+constants, causal attention's per-position model of output std, the mean in ``cross_entropy`` with ignored targets).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ __all__ = [
     "linear_readout",
     "lstm",
     "lstm_cell",
+    "lstm_reference",
     "lstm_scales",
     "relu",
     "residual_add",
@@ -70,8 +78,10 @@ class _ScaleFwdBwd(torch.autograd.Function):
     """Identity up to scale: value × ``fwd_scale`` in the forward pass, gradient × ``bwd_scale``."""
 
     @staticmethod
-    def forward(x: Tensor, fwd_scale: float, bwd_scale: float) -> Tensor:  # type: ignore[override]
-        return x * fwd_scale
+    def forward(x: Tensor, fwd_scale: float | Tensor, bwd_scale: float) -> Tensor:  # type: ignore[override]
+        if isinstance(fwd_scale, float) and fwd_scale == 1.0:
+            return x.view_as(x)  # a view: no copy of a large activation
+        return x * fwd_scale  # a 0-d tensor scale (never read on the host) works too
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -79,7 +89,7 @@ class _ScaleFwdBwd(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        return grad * ctx.bwd_scale, None, None
+        return (grad if ctx.bwd_scale == 1.0 else grad * ctx.bwd_scale), None, None
 
 
 def scale_fwd_bwd(x: Tensor, fwd_scale: float, bwd_scale: float) -> Tensor:
@@ -98,8 +108,21 @@ def scale_fwd(x: Tensor, scale: float) -> Tensor:
 
 
 def scale_bwd(x: Tensor, scale: float) -> Tensor:
-    """fwd: ``x`` unchanged; bwd: gradient × ``scale``."""
-    return scale_fwd_bwd(x, 1.0, scale)
+    """fwd: ``x`` unchanged; bwd: gradient × ``scale``.
+
+    A view of ``x`` with a gradient hook (cheaper than an autograd node); ``x`` itself when the scale is
+    1 or no gradient will flow.
+    """
+    if scale == 1.0 or not (x.requires_grad and torch.is_grad_enabled()):
+        return x
+    return _scale_grad(x.view_as(x), scale)
+
+
+def _scale_grad(t: Tensor, scale: float) -> Tensor:
+    """Multiply the gradient that reaches the non-leaf tensor ``t`` by ``scale`` (a hook); returns ``t``."""
+    if scale != 1.0 and t.requires_grad:
+        t.register_hook(lambda grad: grad * scale)
+    return t
 
 
 def rms(t: Tensor) -> float:
@@ -148,66 +171,40 @@ def _log_interpolate(alpha: float, lower: float, upper: float) -> float:
 # Matmuls and lookups
 
 
-class _ScaledLinear(torch.autograd.Function):
-    """``F.linear`` with the output scaled by ``out_scale`` and the gradients of x, W and b by their own scales.
-
-    One node instead of four ``scale_fwd_bwd`` nodes: every scale is folded into the small tensors (the
-    weight, or the weight gradient), so no extra pass over the activations is made in either direction.
-    """
-
-    @staticmethod
-    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, out_scale: float, grad_x_scale: float,  # type: ignore[override]
-                grad_w_scale: float) -> Tensor:
-        return F.linear(x, weight * out_scale, None if bias is None else bias * out_scale)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        x, weight, bias, _, ctx.grad_x_scale, ctx.grad_w_scale = inputs
-        ctx.has_bias = bias is not None
-        ctx.save_for_backward(x, weight)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, weight = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad @ (weight * ctx.grad_x_scale)
-        rows = grad.reshape(-1, grad.shape[-1])
-        if ctx.needs_input_grad[1]:
-            grad_w = (rows.t() @ x.reshape(-1, x.shape[-1])).mul_(ctx.grad_w_scale)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = rows.sum(0).mul_(ctx.grad_w_scale)
-        return grad_x, grad_w, grad_b, None, None, None
-
-
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, constraint: Constraint,
-            output_power: float) -> Tensor:
+            output_power: float, kernel: Any = None) -> Tensor:
     fan_out, fan_in = weight.shape
     batch = x.numel() // fan_in
     output_scale, grad_x_scale = _constrain(constraint, fan_in**-output_power, fan_out**-0.5)
-    return _ScaledLinear.apply(x, weight, bias, output_scale, grad_x_scale, batch**-0.5)
+    # The output scale is folded into the (small) weight and bias, so plain autograd computes the true
+    # gradients of x W^T·s: grad_x × s and grad_W × s. Hooks turn those into the rule's scales; when the
+    # constraint ties grad_x to the output (the default) x needs none. No pass over the activations.
+    weight = _scale_grad(weight * output_scale, batch**-0.5 / output_scale)
+    bias = None if bias is None else _scale_grad(bias * output_scale, batch**-0.5 / output_scale)
+    return F.linear(scale_bwd(x, grad_x_scale / output_scale), weight, bias)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
-           constraint: Constraint = Constraint.TO_OUTPUT_SCALE) -> Tensor:
+           constraint: Constraint = Constraint.TO_OUTPUT_SCALE, kernel: Any = None) -> Tensor:
     """``Y = X W^T + b``. fwd: × fan_in^-1/2 (bias included); bwd: grad_x × fan_out^-1/2, grad_w and
     grad_b × batch^-1/2, where batch = ``x.numel() // fan_in``; then ``constraint`` ties output and grad_x.
 
     With the default ``TO_OUTPUT_SCALE`` grad_x is scaled by fan_in^-1/2 too (unit only if fan_in ≈
-    fan_out; off by sqrt(fan_out / fan_in) otherwise).
+    fan_out; off by sqrt(fan_out / fan_in) otherwise). ``kernel``: a ``labkit.fp8.Fp8Matmul`` runs the
+    matmuls in real FP8 (tensors cast before the scales are applied); None: FP32.
     """
-    return _linear(x, weight, bias, constraint, 0.5)
+    return _linear(x, weight, bias, constraint, 0.5, kernel)
 
 
 def linear_readout(x: Tensor, weight: Tensor, bias: Tensor | None = None,
-                   constraint: Constraint = Constraint.NONE) -> Tensor:
+                   constraint: Constraint = Constraint.NONE, kernel: Any = None) -> Tensor:
     """Final projection to logits (μP-style). fwd: × 1/fan_in; bwd: grad_x × fan_out^-1/2, grad_w and
     grad_b × batch^-1/2; unconstrained by default, as Graphcore's ``linear_readout``.
 
     So at init the logits have RMS ≈ fan_in^-1/2 (small: the softmax starts near uniform) while the
-    gradient of ``x`` is unit scale.
+    gradient of ``x`` is unit scale. ``kernel``: as for :func:`linear`.
     """
-    return _linear(x, weight, bias, constraint, 1.0)
+    return _linear(x, weight, bias, constraint, 1.0, kernel)
 
 
 def embedding(ids: Tensor, weight: Tensor, padding_idx: int | None = None) -> Tensor:
@@ -249,9 +246,10 @@ def _normal_moments(name: ActivationName) -> tuple[float, float, float]:
     ±12 are below 1e-30. Accurate to ~1e-9 for the smooth functions, ~1e-7 for ReLU.
     """
     f = _ACTIVATIONS[name]
-    x = torch.linspace(-12.0, 12.0, 2**18, dtype=torch.float64, requires_grad=True)
-    y = f(x)
-    (dy,) = torch.autograd.grad(y.sum(), x)
+    with torch.enable_grad():  # the first call may come from inside torch.no_grad() (inference, sampling)
+        x = torch.linspace(-12.0, 12.0, 2**18, dtype=torch.float64, requires_grad=True)
+        y = f(x)
+        (dy,) = torch.autograd.grad(y.sum(), x)
     x, y = x.detach(), y.detach()
     density = torch.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
     mean = float(torch.trapezoid(density * y, x))
@@ -276,14 +274,37 @@ def _scaled_elementwise(name: ActivationName, x: Tensor, constraint: Constraint)
     return scale_fwd(_ACTIVATIONS[name](scale_bwd(x, grad_scale)), output_scale)
 
 
+class _ScaledGelu(torch.autograd.Function):
+    """``F.gelu(x) × out_scale``, gradient of x = ``gelu'(x) × grad × grad_scale``: one node, scaled in place."""
+
+    @staticmethod
+    def forward(x: Tensor, approximate: str, out_scale: float, grad_scale: float) -> Tensor:  # type: ignore[override]
+        return F.gelu(x, approximate=approximate).mul_(out_scale)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        x, ctx.approximate, _, ctx.grad_scale = inputs
+        ctx.save_for_backward(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        grad_x = torch.ops.aten.gelu_backward(grad, x, approximate=ctx.approximate)
+        return grad_x.mul_(ctx.grad_scale), None, None, None
+
+
 def gelu(x: Tensor, approximate: Literal["none", "tanh"] = "none",
          constraint: Constraint = Constraint.TO_OUTPUT_SCALE) -> Tensor:
     """GELU. fwd: × 1/std(gelu(X)) = 1.7009; bwd: × 1.7009 too by default (unconstrained: 1.4811).
 
     Graphcore's ``gelu`` uses an empirical model instead (1.7668 at mult=1): same function, factor
     differs by 3.9%. With the default constraint the input gradient has RMS 1.148 for unit inputs.
+    One autograd node (the scales applied in place); :func:`labkit.scaling.reference.gelu` is the
+    same op composed of ``scale_fwd``/``scale_bwd``.
     """
-    return _scaled_elementwise("gelu" if approximate == "none" else "gelu_tanh", x, constraint)
+    name: ActivationName = "gelu" if approximate == "none" else "gelu_tanh"
+    output_scale, grad_scale = _constrain(constraint, *activation_scales(name))
+    return _ScaledGelu.apply(x, approximate, output_scale, grad_scale)
 
 
 def silu(x: Tensor, constraint: Constraint = Constraint.TO_OUTPUT_SCALE) -> Tensor:
@@ -330,33 +351,74 @@ def softmax(x: Tensor, dim: int, mult: float = 1.0,
 
 
 @functools.cache
-def _harmonic(n: int) -> float:
-    return math.fsum(1.0 / k for k in range(1, n + 1))
+def _causal_row_scales(seq: int, alpha: float, dtype: torch.dtype = torch.float64,
+                       device: torch.device | None = None) -> Tensor:
+    """(seq, 1): the output scale of query position t, 1/σ_t = (t+1)^((1-a)/2) (see below), computed in
+    float64 and cached in the dtype and on the device asked for."""
+    visible = torch.arange(1, seq + 1, dtype=torch.float64)
+    return visible.pow((1.0 - alpha) / 2.0)[:, None].to(dtype=dtype, device=device)
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True,
                                  mult: float = 1.0) -> Tensor:
-    """softmax(q k^T · mult/d_head) v on (..., seq, d_head). fwd and bwd (q, k, v): × 1/σ, where
-    σ = ℓ^(1-a) models the output RMS, a = 1/(1 + 4·d_head/mult²), ℓ = sqrt(H_s/s) causal or sqrt(1/s).
+    """softmax(q k^T · mult/d_head) v on (..., seq, d_head). fwd: each query position's output × 1/σ,
+    σ = ℓ^(1-a) a model of its RMS, a = 1/(1 + 4·d_head/mult²); bwd: the true gradient of that function.
 
-    The model follows Graphcore: interpolate between flat attention (a → 0) and one-hot attention
-    (σ = 1). Flat attention averages s unit values (RMS s^-1/2); flat *causal* attention at position t
-    averages t+1 values, so the mean variance is exactly H_s / s (H_s the s-th harmonic number), which
-    we use where Graphcore uses its approximation ln(s) / s (5.8% apart at s = 128; H_s = ln s + 0.577...).
-    The gradients of q and k come out at about mult / sqrt(d_head), not 1: the 1/d_head score scale
-    (μP) makes the softmax nearly flat at init; this is by design, as in Graphcore's.
+    The model follows Graphcore: interpolate between flat attention (a → 0: the output averages the ℓ^-2
+    visible unit values, RMS ℓ) and one-hot attention (σ = 1). Non-causal, every query sees all s keys:
+    ℓ = s^-1/2, one constant, as Graphcore (which scales the gradients of q, k and v by the same constant:
+    the same thing). Causal: query position t sees n_t = t+1 keys, so ℓ_t = n_t^-1/2 and the scale
+    n_t^((1-a)/2) depends on the position only. Deliberate difference: Graphcore uses one constant for
+    all positions from the total length s (an approximation of the mean flat variance, ln(s)/s), so the
+    output at position t, and with it P(w_t | w_<t), changes with the number of tokens that *follow*;
+    ours does not (a proper causal LM: the conditionals of a prefix do not depend on what comes after).
+    Output RMS ≈ 1 at every position at init; v's gradient has mean variance exactly 1 in the flat limit
+    (Σ_j Σ_{t≥j} n_t^(1-a)/n_t² / s = 1 at a = 0). The gradients of q and k come out at about
+    mult / sqrt(d_head), not 1: the 1/d_head score scale (μP) makes the softmax nearly flat at init;
+    this is by design, as in Graphcore's.
     """
     seq, d_head = v.shape[-2], v.shape[-1]
     alpha = 1.0 / (1.0 + 4.0 * d_head / mult**2)
-    flat_rms = (_harmonic(seq) / seq) ** 0.5 if causal else seq**-0.5
-    scale = 1.0 / _log_interpolate(alpha, flat_rms, 1.0)
-    q, k, v = (scale_bwd(t, scale) for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=mult / d_head)
-    return scale_fwd(out, scale)
+    if causal:
+        return out * _causal_row_scales(seq, alpha, out.dtype, out.device)
+    return out * (1.0 / _log_interpolate(alpha, seq**-0.5, 1.0))
 
 
 # --------------------------------------------------------------------------------------------------
 # Residuals and normalisation
+
+
+class _ResidualSplit(torch.autograd.Function):
+    """Two views of x; gradient of x = (τ·grad of branch + grad of skip) / √(1+τ²), in one pass."""
+
+    @staticmethod
+    def forward(x: Tensor, tau: float) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        return x.view_as(x), x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+        ctx.tau = inputs[1]
+
+    @staticmethod
+    def backward(ctx: Any, grad_branch: Tensor, grad_skip: Tensor) -> tuple[Tensor | None, None]:  # type: ignore[override]
+        return torch.add(grad_skip, grad_branch, alpha=ctx.tau).mul_((1.0 + ctx.tau * ctx.tau) ** -0.5), None
+
+
+class _ResidualAdd(torch.autograd.Function):
+    """``(skip + τ·residual) / √(1+τ²)``; both gradients passed through unscaled."""
+
+    @staticmethod
+    def forward(residual: Tensor, skip: Tensor, tau: float) -> Tensor:  # type: ignore[override]
+        return torch.add(skip, residual, alpha=tau).mul_((1.0 + tau * tau) ** -0.5)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        return grad, grad, None
 
 
 def residual_split(x: Tensor, tau: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -365,16 +427,15 @@ def residual_split(x: Tensor, tau: float = 1.0) -> tuple[Tensor, Tensor]:
 
     The branch's share of the backward scale is applied here, where the branches meet again in the
     backward pass, so the summed gradient of ``x`` stays unit scale when both incoming ones are.
+    One autograd node, which also does the sum of the two gradients.
     """
-    denom = (1.0 + tau * tau) ** 0.5
-    return scale_bwd(x, tau / denom), scale_bwd(x, 1.0 / denom)
+    return _ResidualSplit.apply(x, float(tau))
 
 
 def residual_add(residual: Tensor, skip: Tensor, tau: float = 1.0) -> Tensor:
     """``(skip + τ · residual) / √(1+τ²)``. fwd: residual × τ/√(1+τ²), skip × 1/√(1+τ²); bwd: both
-    gradients passed through unscaled (their scaling happened in :func:`residual_split`)."""
-    denom = (1.0 + tau * tau) ** 0.5
-    return scale_fwd(residual, tau / denom) + scale_fwd(skip, 1.0 / denom)
+    gradients passed through unscaled (their scaling happens in :func:`residual_split`). One node."""
+    return _ResidualAdd.apply(residual, skip, float(tau))
 
 
 def _shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
@@ -384,7 +445,7 @@ def _shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
 def layer_norm(x: Tensor, normalized_shape: int | Sequence[int], weight: Tensor | None = None,
                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """``F.layer_norm``. fwd: not rescaled (already unit scale); bwd: grad_x unscaled, grad of weight and
-    bias × sqrt(normalized size / numel), i.e. × rows^-1/2."""
+    bias × sqrt(normalized size / numel), i.e. × rows^-1/2 (gradient hooks: no extra autograd node)."""
     shape = _shape(normalized_shape)
     grad_scale = (math.prod(shape) / x.numel()) ** 0.5
     if weight is not None:
@@ -419,13 +480,15 @@ def cross_entropy(logits: Tensor, targets: Tensor, ignore_index: int = -100,
     where Graphcore divides by the number of rows; the two agree when nothing is ignored.
     """
     vocab = logits.shape[-1]
-    logits = scale_bwd(logits.reshape(-1, vocab), vocab / (vocab - 1) ** 0.5)
     targets = targets.reshape(-1)
-    loss = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+    loss = F.cross_entropy(logits.reshape(-1, vocab), targets, ignore_index=ignore_index, reduction="sum")
+    # The backward scale goes on the summed loss's (scalar) gradient: the loss's backward is linear in
+    # it, so the logits' gradient comes out scaled without another pass over the logits.
+    grad_scale = vocab / (vocab - 1) ** 0.5
     if reduction == "sum":
-        return loss
-    count = int((targets != ignore_index).sum())
-    return scale_fwd(loss, 1.0 / count if count else math.nan)
+        return scale_bwd(loss, grad_scale)
+    count = (targets != ignore_index).sum()  # a tensor: reading it as a number would wait for the device
+    return _ScaleFwdBwd.apply(loss, count.to(loss.dtype).reciprocal(), grad_scale)  # 0 targets: 0·inf = NaN
 
 
 # --------------------------------------------------------------------------------------------------
@@ -498,11 +561,23 @@ def lstm_cell(x_proj: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_hh: Tensor |
     return h, c
 
 
-def lstm(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None, b_hh: Tensor | None = None,
+def _check_lstm_shapes(x: Tensor, w_ih: Tensor, w_hh: Tensor) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"lstm expects a 3-d input (batch, seq, features), got shape {tuple(x.shape)}")
+    hidden = w_hh.shape[1]
+    if w_hh.shape[0] != 4 * hidden or w_ih.shape[0] != 4 * hidden:
+        raise ValueError(f"weights must be (4H, in) and (4H, H); got {tuple(w_ih.shape)}, {tuple(w_hh.shape)}")
+
+
+def lstm_reference(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None, b_hh: Tensor | None = None,
          h0: Tensor | None = None, c0: Tensor | None = None,
          batch_first: bool = True) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """A unit-scaled one-layer LSTM with ``nn.LSTM``'s parameters: gate order (i, f, g, o), ``w_ih``
     (4H, in), ``w_hh`` (4H, H). Returns (ĥ for every step, (ĥ_T, c_T)), states shaped (1, B, H).
+
+    The readable reference: a Python loop over time of :func:`lstm_cell`. :func:`lstm` computes the same
+    function and the same gradients with PyTorch's fused kernel (what the models run; the tests check
+    that the two agree).
 
     Rule: output ĥ = h/σ_h (unit RMS); grad of x, w_ih, w_hh, b_ih, b_hh unit RMS (σ_h = 0.193 and
     ρ = 0.652 from :func:`lstm_scales`). The state ĥ is unit-scaled too (pass it back as ``h0``).
@@ -529,14 +604,11 @@ def lstm(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None, b_hh
     k·w_ih/√in, k·w_hh/√H, biases k·b_ih/√in, k·σ_h·b_hh/√H, output divided by σ_h; each gradient is that
     function's gradient times a constant.
     """
-    if x.dim() != 3:
-        raise ValueError(f"lstm expects a 3-d input (batch, seq, features), got shape {tuple(x.shape)}")
+    _check_lstm_shapes(x, w_ih, w_hh)
     if not batch_first:
         x = x.transpose(0, 1)
     batch, steps, _ = x.shape
     hidden = w_hh.shape[1]
-    if w_hh.shape[0] != 4 * hidden or w_ih.shape[0] != 4 * hidden:
-        raise ValueError(f"weights must be (4H, in) and (4H, H); got {tuple(w_ih.shape)}, {tuple(w_hh.shape)}")
     scales = lstm_scales()
     sigma_h, rho = scales
     grad_proj_scale = (1.0 + sigma_h**2) ** 0.5 / rho
@@ -554,3 +626,40 @@ def lstm(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None, b_hh
         outputs.append(h)
     output = torch.stack(outputs, dim=1 if batch_first else 0)
     return output, (h.unsqueeze(0), c.unsqueeze(0))
+
+
+
+def lstm(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor | None = None, b_hh: Tensor | None = None,
+         h0: Tensor | None = None, c0: Tensor | None = None,
+         batch_first: bool = True) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """:func:`lstm_reference` (same arguments, rule, outputs and gradients, to float rounding) run by
+    PyTorch's fused LSTM kernel instead of a Python loop over time.
+
+    Rule (derived in :func:`lstm_reference`): output and state ĥ unit RMS; grads of x, weights and biases
+    unit RMS. With k = (1+σ_h²)^-1/2, g = √(1+σ_h²)/ρ and r = g·(B·T)^-1/2, the reference is ``nn.LSTM``
+    on rescaled weights with output ĥ = h/σ_h, and each of its gradients is the true one times a constant:
+
+    * fwd: the kernel's weights are w_ih·k·in^-1/2, b_ih·k·in^-1/2, w_hh·k·H^-1/2 (ĥ = h/σ_h meets
+      σ_h·H^-1/2) and b_hh·k·σ_h·H^-1/2; an initial state ĥ₀ enters as h₀ = σ_h·ĥ₀; outputs are h/σ_h.
+    * bwd: inside the kernel every gradient is the true one (as in the reference's loop, where all
+      scales are tied). The reference's gradient of a weight is the kernel's gradient of its scaled
+      copy × k·r (w_ih, b_ih, b_hh) or × k·r/σ_h (w_hh): one ``scale_fwd_bwd`` node per weight, forward
+      scale folded in. Its gradient of x is the true one × g·(in/4H)^1/2 (the reference scales the input
+      projection's gradient by g, then by (4H)^-1/2 where the true factor is in^-1/2): one ``scale_bwd``.
+    """
+    _check_lstm_shapes(x, w_ih, w_hh)
+    batch, steps = (x.shape[0], x.shape[1]) if batch_first else (x.shape[1], x.shape[0])
+    (four_hidden, n_in), hidden = w_ih.shape, w_hh.shape[1]
+    sigma_h, rho = lstm_scales()
+    k = (1.0 + sigma_h**2) ** -0.5
+    g = 1.0 / (k * rho)
+    r = g * (batch * steps) ** -0.5
+    b_ih = x.new_zeros(four_hidden) if b_ih is None else b_ih
+    b_hh = x.new_zeros(four_hidden) if b_hh is None else b_hh
+    weights = [scale_fwd_bwd(w_ih, k * n_in**-0.5, k * r), scale_fwd_bwd(w_hh, k * hidden**-0.5, k * r / sigma_h),
+               scale_fwd_bwd(b_ih, k * n_in**-0.5, k * r), scale_fwd_bwd(b_hh, k * sigma_h * hidden**-0.5, k * r)]
+    x = scale_bwd(x, g * (n_in / four_hidden) ** 0.5)
+    h0 = x.new_zeros(1, batch, hidden) if h0 is None else h0.reshape(1, batch, hidden) * sigma_h
+    c0 = x.new_zeros(1, batch, hidden) if c0 is None else c0.reshape(1, batch, hidden)
+    output, h_n, c_n = torch.lstm(x, (h0, c0), weights, True, 1, 0.0, torch.is_grad_enabled(), False, batch_first)
+    return output * (1.0 / sigma_h), (h_n * (1.0 / sigma_h), c_n)

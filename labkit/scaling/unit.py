@@ -13,7 +13,8 @@ readout (last projection to logits) is scaled like any matmul but left unconstra
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -40,19 +41,24 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return U.scaled_dot_product_attention(q, k, v, causal=True)
 
 
-def lstm(x: Tensor, weights: Sequence[Tensor], num_layers: int, training: bool) -> Tensor:
-    """Stacked unit-scaled LSTM layers (``ops.lstm``), zero initial state, batch-first."""
-    for layer in range(num_layers):
-        w_ih, w_hh, b_ih, b_hh = weights[4 * layer: 4 * layer + 4]
-        x, _ = U.lstm(x, w_ih, w_hh, b_ih, b_hh)
+def lstm(x: Tensor, weights: Sequence[Tensor], num_layers: int, training: bool,
+         layer: Callable[..., tuple[Tensor, Any]] = U.lstm) -> Tensor:
+    """Stacked unit-scaled LSTM layers, zero initial state, batch-first. Each ``layer`` is ``ops.lstm``
+    (PyTorch's fused kernel) or, for the readable reference path, ``ops.lstm_reference`` (a loop)."""
+    for i in range(num_layers):
+        w_ih, w_hh, b_ih, b_hh = weights[4 * i: 4 * i + 4]
+        x, _ = layer(x, w_ih, w_hh, b_ih, b_hh)
     return x
 
 
-def readout(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+lstm.runs_fused_kernel = True  # with the default layer (see labkit.models.layers.runs_fused_kernel)
+
+
+def readout(x: Tensor, weight: Tensor, bias: Tensor | None = None, kernel: object = None) -> Tensor:
     """The final projection to logits, as in the 2023 paper: fwd × fan_in^-1/2, grad_x × fan_out^-1/2,
     unconstrained. The input gradient then differs from the true one by the constant (fan_in/fan_out)^1/2,
     a uniform rescaling of every earlier gradient (a built-in loss scale), not a change of direction."""
-    return U.linear(x, weight, bias, constraint=U.Constraint.NONE)
+    return U.linear(x, weight, bias, constraint=U.Constraint.NONE, kernel=kernel)
 
 
 def unit_ops(residual_tau=fixed_residual_tau, readout=readout) -> Ops:

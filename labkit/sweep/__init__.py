@@ -11,12 +11,12 @@
 
 Modules: :mod:`~labkit.sweep.grid` (grids, config keys, ranges), :mod:`~labkit.sweep.core` (the driver),
 :mod:`~labkit.sweep.executors`, :mod:`~labkit.sweep.store` (the SQLite index over the run store),
-:mod:`~labkit.sweep.analysis` (best LR, LR-transfer figure, tables), :mod:`~labkit.sweep.live`,
-:mod:`~labkit.sweep.cli` (``python -m labkit sweep``).
+:mod:`~labkit.sweep.analysis` (best LR, LR-transfer figure, tables), :mod:`~labkit.sweep.live`;
+``python -m labkit sweep`` is in :mod:`labkit.cli`.
 """
 
+from labkit.cli import parse_values
 from labkit.sweep.analysis import best_lr, lr_shift, lr_transfer_figure, paper_table
-from labkit.sweep.cli import add_sweep_command
 from labkit.sweep.core import Sweep, run_sweep
 from labkit.sweep.executors import (
     DaskExecutor,
@@ -28,11 +28,11 @@ from labkit.sweep.executors import (
     WorkerStartError,
     make_executor,
 )
-from labkit.sweep.grid import config_key, doubling, grid, parse_values
+from labkit.sweep.grid import config_key, doubling, grid
 from labkit.sweep.live import LiveFigure
 from labkit.sweep.store import SweepIndex, list_sweeps, load_sweep
 
 __all__ = ["DaskExecutor", "Executor", "LiveFigure", "LocalExecutor", "SequentialExecutor", "Sweep", "SweepIndex",
-           "Task", "WorkerLost", "WorkerStartError", "add_sweep_command", "best_lr", "config_key", "doubling", "grid",
+           "Task", "WorkerLost", "WorkerStartError", "best_lr", "config_key", "doubling", "grid",
            "list_sweeps", "load_sweep", "lr_shift", "lr_transfer_figure", "make_executor", "paper_table",
            "parse_values", "run_sweep"]

@@ -11,12 +11,21 @@ A run is identified by a hash of its config (:func:`~labkit.sweep.grid.config_ke
 configs whose run already finished or diverged in this sweep, so after a kernel restart, a Ctrl-C or a crash,
 calling it again (same name, same runs folder) does only what is left. Failed runs are saved with their
 error and never stop the sweep; a run whose worker died is retried ``retries`` times, then saved as failed.
+
+Drivers share work: ``run()`` claims configs in the sweep index a few at a time (as many as it has workers),
+under a lease it renews from a background thread while it runs. Start the same sweep in two terminals, or
+on two machines sharing the runs folder, and each config is trained once; if one driver dies, its claims
+lapse after ``lease`` seconds and the others take them over (they wait for live claims before returning).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -73,7 +82,8 @@ class Sweep:
                 if states.get(k, ("pending", 0))[0] not in DONE_STATUSES]
 
     def run(self, executor: str | Executor | Any = "local", *, workers: int | None = None, retries: int = 1,
-            progress: bool = True, live: Any = False, on_result: ResultCallback | None = None) -> pd.DataFrame:
+            progress: bool = True, live: Any = False, on_result: ResultCallback | None = None,
+            lease: float = 60.0) -> pd.DataFrame:
         """Train every config not done yet and return the sweep table (:meth:`table`).
 
         ``executor``: ``"sequential"``, ``"local"`` (worker processes, one per core), ``"dask"`` (a local Dask
@@ -83,6 +93,8 @@ class Sweep:
         ``live``: True to show the LR-transfer figure filling in (in Jupyter), or a ``FigureWidget`` /
         :class:`~labkit.sweep.live.LiveFigure` to draw into. ``on_result(row)`` is called with each ended
         run's table row. Ctrl-C stops the workers; what finished is kept and the next ``run()`` resumes.
+        ``lease``: seconds a claim on a config lasts unless renewed (renewed every third of it while this
+        driver lives; see the module docstring).
 
         An executor made here is closed at the end. An :class:`~labkit.sweep.executors.Executor` you pass is
         left running for your next sweep (its workers stay warm; close it when done), except after an error
@@ -90,16 +102,18 @@ class Sweep:
         """
         if retries < 0:
             raise ConfigError(f"retries must be >= 0, got {retries}")
+        if not (isinstance(lease, int | float) and 1.0 <= lease <= 86400):
+            raise ConfigError(f"lease must be between 1 and 86400 seconds, got {lease!r}")
+        pool = make_executor(executor, workers)  # a bad executor is refused before the sweep is registered
+        since = time.time()
         self.index.add(self.name, self.configs)
         states = self.index.states(self.name)
-        todo = [(k, c) for k, c in zip(self.keys, self.configs, strict=True) if states[k][0] not in DONE_STATUSES]
-        attempts = {k: states[k][1] for k, _ in todo}
-        pool = make_executor(executor, workers)
+        todo = [k for k in self.keys if states[k][0] not in DONE_STATUSES]
         monitor = SweepMonitor(self.name, len(self), len(self) - len(todo), self.table(), progress, live)
+        claims = _Claims(self.index, self.name, self.keys, lease, since)
         try:
             if todo:
-                pool.start()
-                self._drive(pool, todo, attempts, retries, monitor, on_result)
+                self._drive(pool, claims, retries, monitor, on_result)
         except BaseException:
             pool.close(cancel=True)  # tasks left running must not deliver results into a later sweep
             raise
@@ -107,14 +121,27 @@ class Sweep:
             if pool is not executor:
                 pool.close()
         finally:
+            claims.close()
             monitor.close()
         return self.table()
 
-    def _drive(self, pool: Executor, todo: list[tuple[str, RunConfig]], attempts: dict[str, int], retries: int,
-               monitor: SweepMonitor, on_result: ResultCallback | None) -> None:
-        for key, config in todo:
-            pool.submit(Task(key, run_config, config.to_dict()))
-        while pool.pending:
+    def _drive(self, pool: Executor, claims: _Claims, retries: int, monitor: SweepMonitor,
+               on_result: ResultCallback | None) -> None:
+        configs = dict(zip(self.keys, self.configs, strict=True))
+        attempts: dict[str, int] = {}
+
+        def submit_claimed(limit: int) -> None:
+            for key, done_attempts in claims.claim(limit):
+                attempts[key] = done_attempts
+                pool.submit(Task(key, run_config, configs[key].to_dict()))
+
+        pool.start()
+        submit_claimed(pool.workers)
+        while pool.pending or claims.others_working():
+            if not pool.pending:  # other drivers hold the rest: wait for them to finish, or for their leases
+                time.sleep(claims.poll_seconds)
+                submit_claimed(pool.workers)
+                continue
             task, outcome = pool.next_result()
             attempts[task.key] += 1
             if isinstance(outcome, WorkerLost) and task.attempt <= retries:
@@ -130,6 +157,7 @@ class Sweep:
                 on_result(row)
             if run.status is RunStatus.STOPPED:  # Ctrl-C reached a run training in this process
                 raise KeyboardInterrupt
+            submit_claimed(max(0, pool.workers - pool.pending))
 
     def table(self) -> pd.DataFrame:
         """One row per config of this sweep, in grid order: ``status`` (``pending`` until its run ends),
@@ -154,6 +182,34 @@ class Sweep:
     def paper_table(self, **kwargs: Any) -> pd.DataFrame:
         """:func:`labkit.sweep.analysis.paper_table` of this sweep."""
         return analysis.paper_table(self.table(), **kwargs)
+
+
+class _Claims:
+    """This driver's claims on the configs of one sweep: its owner name, and a thread renewing its leases."""
+
+    def __init__(self, index: SweepIndex, sweep: str, keys: list[str], lease: float, since: float) -> None:
+        self.index, self.sweep, self.keys, self.lease, self.since = index, sweep, keys, lease, since
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.poll_seconds = min(2.0, lease / 3)
+        self._closed = threading.Event()
+        self._renewer = threading.Thread(target=self._renew, name="labkit-sweep-lease", daemon=True)
+        self._renewer.start()
+
+    def claim(self, limit: int) -> list[tuple[str, int]]:
+        return self.index.claim(self.sweep, self.owner, self.keys, limit, self.lease, self.since) if limit else []
+
+    def others_working(self) -> bool:
+        return self.index.claimed_by_others(self.sweep, self.owner, self.keys) > 0
+
+    def _renew(self) -> None:
+        while not self._closed.wait(self.lease / 3):
+            self.index.renew(self.sweep, self.owner, self.lease)
+
+    def close(self) -> None:
+        """Stop renewing and release what is still claimed (a Ctrl-C'd driver's configs go to the others)."""
+        self._closed.set()
+        self._renewer.join()
+        self.index.release(self.sweep, self.owner)
 
 
 def _failed_run(task: Task, error: BaseException) -> Run:

@@ -12,7 +12,9 @@ it arrives, so the sweep driver (:mod:`labkit.sweep.core`) is one piece of code 
   it starts on 127.0.0.1, or any cluster given by its scheduler address (``tcp://host:8786``).
 
 Workers only compute: they return the :class:`~labkit.runs.Run` to the driver, which saves it. So workers
-on other machines need labkit installed, not access to the runs folder.
+on other machines need labkit installed, not access to the runs folder. A :class:`LocalExecutor` worker
+watches its driver and exits within a second when the driver is gone (killed), instead of training on for
+nobody.
 """
 
 from __future__ import annotations
@@ -24,18 +26,19 @@ import os
 import pickle
 import signal
 import socket
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from multiprocessing import connection
 from typing import Any, ClassVar, Self
 
 from labkit.config import ConfigError, RunConfig
-from labkit.runs import Run
+from labkit.runs import Run, process_alive, process_identity
 
-EXECUTORS = ("sequential", "local", "dask")
+EXECUTORS = ("sequential", "local", "gpu", "dask")
 INSTALL_DASK = "pip install 'labkit[distributed]' (or: pip install 'dask[distributed]')"
 
 
@@ -61,7 +64,7 @@ def run_config(config: dict[str, Any]) -> Run:
 
     Never raises for a failing run: the Trainer records status ``failed``, the error and its traceback on
     the run, which is returned like any other. (On CUDA the Trainer resets the peak-memory counter at the
-    start of each run, so each run's ``cuda_peak`` is its own even when a worker trains many runs.)
+    start of each run, so each run's ``mem_cuda_peak`` is its own even when a worker trains many runs.)
     """
     from labkit.train import Trainer  # the engine (and torch) load when the first run starts
 
@@ -166,14 +169,33 @@ class WorkerStartError(RuntimeError):
     """Worker processes die before they are ready: the sweep cannot run on this executor."""
 
 
-def _worker_main(conn: connection.Connection) -> None:
-    """Loop of a :class:`LocalExecutor` worker: receive a task, send back its result, until told to stop."""
+DRIVER_CHECK_SECONDS = 1.0
+
+
+def _exit_when_gone(driver: dict[str, Any]) -> None:
+    """Exit this worker process as soon as its driver process is gone (a thread of the worker)."""
+    while True:
+        time.sleep(DRIVER_CHECK_SECONDS)
+        if process_alive(driver) is False:
+            os._exit(3)
+
+
+def _worker_main(conn: connection.Connection, driver: dict[str, Any] | None = None, gpu: int | None = None) -> None:
+    """Loop of a :class:`LocalExecutor` worker: receive a task, send back its result, until told to stop
+    (or until the ``driver`` process dies: its pipe may stay open in a forkserver, so it is watched).
+
+    ``gpu``: the CUDA device this worker's runs use (``device='cuda'`` means the current device).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the driver, which stops the workers
+    if driver is not None:
+        threading.Thread(target=_exit_when_gone, args=(driver,), name="labkit-driver-watch", daemon=True).start()
     import torch
 
     import labkit.train  # noqa: F401  (already loaded when forked from the warm server; imported now under spawn)
 
     torch.set_num_threads(1)  # one core per worker; a run sets its own count from config.threads
+    if gpu is not None:
+        torch.cuda.set_device(gpu)
     conn.send(_READY)
     while True:
         try:
@@ -209,9 +231,11 @@ def _process_context() -> multiprocessing.context.BaseContext:
 class _Worker:
     """One worker process, its end of the pipe, and the task it holds (None when idle)."""
 
-    def __init__(self, context: multiprocessing.context.BaseContext) -> None:
+    def __init__(self, context: multiprocessing.context.BaseContext, gpu: int | None = None) -> None:
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child,), daemon=True, name="labkit-sweep-worker")
+        self.gpu = gpu
+        self.process = context.Process(target=_worker_main, args=(child, process_identity(), gpu), daemon=True,
+                                       name="labkit-sweep-worker")
         self.process.start()
         child.close()
         self.task: Task | None = None
@@ -233,12 +257,16 @@ class LocalExecutor(Executor):
     """A pool of worker processes on this machine (default: one per core), one task per worker at a time.
 
     Each worker holds at most one task, so when a worker dies the driver knows which task it lost, returns
-    :class:`WorkerLost` for that task only, and starts a replacement worker.
+    :class:`WorkerLost` for that task only, and starts a replacement worker. With ``gpus`` (CUDA device
+    indices) there is one worker per GPU, each pinned to its own device (runs with ``device='cuda'``).
     """
 
     name = "local"
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, gpus: Sequence[int] | None = None) -> None:
+        self._gpus = list(gpus) if gpus is not None else None
+        if self._gpus is not None and workers is None:
+            workers = len(self._gpus)
         self._size = (os.cpu_count() or 1) if workers is None else workers
         if self._size < 1:
             raise ConfigError(f"workers must be positive, got {workers}")
@@ -255,9 +283,12 @@ class LocalExecutor(Executor):
     def pending(self) -> int:
         return len(self._queue) + sum(w.task is not None for w in self._workers)
 
+    def _gpu_of(self, slot: int) -> int | None:
+        return None if not self._gpus else self._gpus[slot % len(self._gpus)]
+
     def start(self) -> None:
         while len(self._workers) < self._size:
-            self._workers.append(_Worker(self._context))
+            self._workers.append(_Worker(self._context, self._gpu_of(len(self._workers))))
 
     def running(self) -> dict[int, str]:
         """``{worker pid: task key}`` of the busy workers."""
@@ -276,7 +307,7 @@ class LocalExecutor(Executor):
                 continue
             if not worker.process.is_alive():  # died while idle
                 worker.stop(terminate=True)
-                worker = self._workers[i] = _Worker(self._context)
+                worker = self._workers[i] = _Worker(self._context, worker.gpu)
             worker.task = self._queue.popleft()
             with contextlib.suppress(OSError):  # it died after the check: the next wait() sees it and says so
                 worker.conn.send(worker.task)
@@ -318,7 +349,7 @@ class LocalExecutor(Executor):
                 "or use executor=\"sequential\" to see the error in this process.")
         lost = WorkerLost(f"worker process {worker.process.pid} died ({how}) while running task {worker.task.key}")
         worker.stop(terminate=True)
-        self._workers[self._workers.index(worker)] = _Worker(self._context)
+        self._workers[self._workers.index(worker)] = _Worker(self._context, worker.gpu)
         return lost
 
     def close(self, cancel: bool = False) -> None:
@@ -368,6 +399,8 @@ class DaskExecutor(Executor):
     name = "dask"
 
     def __init__(self, address: str | None = None, workers: int | None = None, *, client: Any = None) -> None:
+        if client is None:
+            _import_distributed()  # missing: refused now, before a sweep registers anything
         self.address = address
         self._size = workers or os.cpu_count() or 1
         self._client = client
@@ -441,18 +474,34 @@ class DaskExecutor(Executor):
         return f"DaskExecutor({where}, workers={self.workers})"
 
 
+def cuda_devices() -> list[int]:
+    """Indices of the visible CUDA devices; ``ConfigError`` when there are none (for ``executor="gpu"``)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise ConfigError("executor='gpu' runs one worker per CUDA GPU, and PyTorch sees none; "
+                          "use executor='local' (CPU cores) or run on a machine with a GPU")
+    return list(range(count))
+
+
 def make_executor(executor: str | Executor | None = "local", workers: int | None = None) -> Executor:
     """An executor from a name, a Dask scheduler address or a ``distributed.Client``.
 
-    ``"sequential"``, ``"local"`` (default), ``"dask"`` (a local Dask cluster), ``"tcp://host:8786"`` or
+    ``"sequential"``, ``"local"`` (default), ``"gpu"`` (one worker per CUDA GPU, each pinned to its device;
+    give the grid ``device='cuda'``), ``"dask"`` (a local Dask cluster), ``"tcp://host:8786"`` or
     ``"host:8786"`` (a running Dask scheduler); an :class:`Executor` is returned as it is.
     """
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
     if isinstance(executor, Executor):
         return executor
     if executor is None or executor == "local":
         return LocalExecutor(workers)
     if executor == "sequential":
         return SequentialExecutor()
+    if executor == "gpu":
+        return LocalExecutor(workers, gpus=cuda_devices())
     if executor == "dask":
         return DaskExecutor(workers=workers)
     if isinstance(executor, str) and ("://" in executor or executor.rpartition(":")[2].isdigit()):

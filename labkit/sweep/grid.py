@@ -1,11 +1,12 @@
-"""Grids of run configs, their stable keys, and the ``2**-10..2**0`` range syntax of the command line."""
+"""Grids of run configs, their stable keys, and doubling ranges (the command line's ``2**-10..2**0``
+syntax is parsed by :func:`labkit.cli.parse_values`)."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from labkit.config import ConfigError, RunConfig
@@ -42,28 +43,8 @@ def doubling(low: float, high: float) -> list[float]:
     """``low, 2·low, 4·low, ...`` up to ``high`` inclusive: ``doubling(2**-3, 1) == [0.125, 0.25, 0.5, 1.0]``."""
     if not (low > 0 and high >= low and math.isfinite(high)):
         raise ConfigError(f"a range needs 0 < low <= high, got {low}..{high}")
-    count = math.floor(math.log2(high / low) + 1e-9) + 1
+    count = math.floor(math.log2(high) - math.log2(low) + 1e-9) + 1  # logs: high / low could overflow
+    if count > 1024:
+        raise ConfigError(f"{low}..{high} doubles {count} times: narrow the range")
     return [low * 2.0**k for k in range(count)]
 
-
-def parse_values(text: str, parse_one: Callable[[str], Any]) -> list[Any]:
-    """Comma-separated values, each a single value or a ``low..high`` doubling range.
-
-    ``parse_values("2**-3..2**-1,1", parse_number) == [0.125, 0.25, 0.5, 1.0]``; integer fields give integers
-    (``"32..128"`` -> ``[32, 64, 128]``).
-    """
-    values: list[Any] = []
-    for piece in (p.strip() for p in text.split(",")):
-        if not piece:
-            continue
-        if ".." not in piece:
-            values.append(parse_one(piece))
-            continue
-        low_text, _, high_text = piece.partition("..")
-        low, high = parse_one(low_text), parse_one(high_text)
-        if not all(isinstance(v, int | float) for v in (low, high)):
-            raise ConfigError(f"{piece!r}: a range low..high needs two numbers")
-        values.extend(round(p) if isinstance(low, int) else p for p in doubling(low, high))
-    if not values:
-        raise ConfigError(f"no values in {text!r}")
-    return values

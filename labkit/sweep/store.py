@@ -5,7 +5,12 @@ Runs themselves stay in the ordinary :class:`labkit.runs.RunStore` format (a fol
 (sweep, config): the config's stable key, its status (``pending`` until a result arrives), attempts,
 the run id in the store, the error if any, and the run's summary numbers. Every write is one SQLite
 transaction, so an interrupted sweep leaves either the old row or the new one, never half of one.
-Only the process driving the sweep writes; workers (possibly on other machines) never touch the disk.
+Only the processes driving a sweep write; workers (possibly on other machines) never touch the disk.
+
+Several drivers may run the same sweep at once (on one runs folder): each *claims* the configs it trains
+(:meth:`SweepIndex.claim`, one ``BEGIN IMMEDIATE`` transaction, so two drivers never claim the same row). A
+claim names its ``owner`` and holds until ``lease_until``; the driver renews its leases while it runs, so a
+driver that dies loses its claims within one lease and another driver takes them over.
 
 Any tool reads it: ``pandas.read_sql("select * from sweep_runs", sqlite3.connect("runs/sweeps.sqlite"))``
 or ``sqlite3 runs/sweeps.sqlite``; :func:`load_sweep` returns the tidy DataFrame.
@@ -45,14 +50,17 @@ CREATE TABLE IF NOT EXISTS sweep_runs (
     config    TEXT NOT NULL,     -- RunConfig.to_json()
     summary   TEXT,              -- JSON: final losses, throughput, memory, worker, seconds, ...
     updated   REAL NOT NULL,
+    owner     TEXT,              -- the driver training it now (host:pid:token), NULL when unclaimed
+    lease_until REAL,            -- the claim lapses at this time unless its owner renews it
     PRIMARY KEY (sweep, key)
 )"""
+_CLAIM_COLUMNS = {"owner": "TEXT", "lease_until": "REAL"}  # added to index files written before claims
 
 # Summary columns of the sweep table, in display order (present even before any run has finished).
 SUMMARY_COLUMNS = ["final_train_loss", "final_val_loss", "best_val_loss", "steps_done", "peak_lr", "tokens_per_s",
                    "peak_mem_total", "peak_rss", "peak_cuda_mem", "parameters", "flops_per_step",
                    "device_used", "worker", "seconds"]
-INDEX_COLUMNS = ["sweep", "position", "key", "status", "attempts", "run_id", "error"]
+INDEX_COLUMNS = ["sweep", "position", "key", "status", "attempts", "run_id", "error", "owner"]
 
 
 def summarize(run: Run) -> dict[str, Any]:
@@ -64,8 +72,8 @@ def summarize(run: Run) -> dict[str, Any]:
         out[name] = run.info.get(name)
     out["device_used"] = run.info.get("device")  # what device="auto" resolved to
     metrics = run.metrics
-    if "cuda_peak" in metrics and metrics["cuda_peak"].notna().any():
-        out["peak_cuda_mem"] = int(metrics["cuda_peak"].max())
+    if "mem_cuda_peak" in metrics and metrics["mem_cuda_peak"].notna().any():
+        out["peak_cuda_mem"] = int(metrics["mem_cuda_peak"].max())
     return {k: _finite_or_none(v) for k, v in out.items()}
 
 
@@ -89,6 +97,10 @@ class SweepIndex:
         try:
             with connection:  # commits on success, rolls back on any error
                 connection.execute(_SCHEMA)
+                columns = {row[1] for row in connection.execute("PRAGMA table_info(sweep_runs)")}
+                for name, kind in _CLAIM_COLUMNS.items():
+                    if name not in columns:
+                        connection.execute(f"ALTER TABLE sweep_runs ADD COLUMN {name} {kind}")
                 yield connection
         finally:
             connection.close()
@@ -108,12 +120,52 @@ class SweepIndex:
         return {key: (status, attempts) for key, status, attempts in rows}
 
     def record(self, sweep: str, key: str, run: Run, attempts: int) -> None:
-        """Store how the run of ``key`` ended (call after the run itself is saved in the run store)."""
+        """Store how the run of ``key`` ended and release its claim (call after the run itself is saved in
+        the run store)."""
         summary = json.dumps(summarize(run))
         with self._transaction() as db:
             db.execute("UPDATE sweep_runs SET status = ?, attempts = ?, run_id = ?, error = ?, summary = ?, "
-                       "updated = ? WHERE sweep = ? AND key = ?",
+                       "updated = ?, owner = NULL, lease_until = NULL WHERE sweep = ? AND key = ?",
                        (run.status.value, attempts, run.id, run.error, summary, time.time(), sweep, key))
+
+    def claim(self, sweep: str, owner: str, keys: Iterable[str], limit: int, lease: float,
+              since: float) -> list[tuple[str, int]]:
+        """Claim up to ``limit`` of ``keys`` for ``owner`` until ``lease`` seconds from now, in grid order;
+        returns ``[(key, attempts)]``. Claimable: not finished or diverged, not claimed by a live lease, and
+        either pending or last updated before ``since`` (the caller's start: a run that failed or stopped in
+        an earlier session is tried again, one that another driver just failed is not)."""
+        wanted = set(keys)
+        now = time.time()
+        with self._transaction() as db:
+            db.execute("BEGIN IMMEDIATE")  # one writer from here to the commit: no two drivers claim one row
+            rows = db.execute(
+                "SELECT key, attempts FROM sweep_runs WHERE sweep = ? AND status NOT IN (?, ?) "
+                "AND (owner IS NULL OR lease_until < ?) AND (status = ? OR updated < ?) "
+                "ORDER BY position", (sweep, *DONE_STATUSES, now, PENDING, since)).fetchall()
+            claimed = [(key, attempts) for key, attempts in rows if key in wanted][:limit]
+            db.executemany("UPDATE sweep_runs SET owner = ?, lease_until = ? WHERE sweep = ? AND key = ?",
+                           [(owner, now + lease, sweep, key) for key, _ in claimed])
+        return claimed
+
+    def renew(self, sweep: str, owner: str, lease: float) -> None:
+        """Extend every claim of ``owner`` to ``lease`` seconds from now."""
+        with self._transaction() as db:
+            db.execute("UPDATE sweep_runs SET lease_until = ? WHERE sweep = ? AND owner = ?",
+                       (time.time() + lease, sweep, owner))
+
+    def release(self, sweep: str, owner: str) -> None:
+        """Give up every claim of ``owner`` (a driver that stops early), so other drivers take them at once."""
+        with self._transaction() as db:
+            db.execute("UPDATE sweep_runs SET owner = NULL, lease_until = NULL WHERE sweep = ? AND owner = ?",
+                       (sweep, owner))
+
+    def claimed_by_others(self, sweep: str, owner: str, keys: Iterable[str]) -> int:
+        """How many of ``keys`` another driver holds under a live lease (and has not finished)."""
+        wanted = set(keys)
+        with self._transaction() as db:
+            rows = db.execute("SELECT key FROM sweep_runs WHERE sweep = ? AND owner IS NOT NULL AND owner != ? "
+                              "AND lease_until >= ?", (sweep, owner, time.time())).fetchall()
+        return sum(key in wanted for (key,) in rows)
 
     def names(self) -> list[str]:
         """Every sweep recorded in this folder, oldest first."""

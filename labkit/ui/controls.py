@@ -18,7 +18,17 @@ from typing import Any
 import ipywidgets as widgets
 import psutil
 
-from labkit.config import Arch, ConfigError, NumberFormat, Optimizer, RunConfig, Scaling, Schedule
+from labkit.config import (
+    Arch,
+    ConfigError,
+    Fp8Backend,
+    Fp8Scaling,
+    NumberFormat,
+    Optimizer,
+    RunConfig,
+    Scaling,
+    Schedule,
+)
 
 SCALING_CHOICES: tuple[tuple[str, Scaling], ...] = (
     ("standard", Scaling.STANDARD),
@@ -33,6 +43,7 @@ OPTIMIZER_CHOICES: tuple[tuple[str, Optimizer], ...] = (("AdamW", Optimizer.ADAM
 FORMAT_CHOICES: tuple[tuple[str, NumberFormat], ...] = (
     ("FP32", NumberFormat.FP32), ("BF16", NumberFormat.BF16), ("FP16", NumberFormat.FP16),
     ("FP8 E4M3", NumberFormat.FP8_E4M3), ("FP8 E5M2", NumberFormat.FP8_E5M2),
+    ("FP8 E5M2, bias 16 (Graphcore)", NumberFormat.FP8_E5M2_BIAS16),
 )
 SCHEDULE_CHOICES: tuple[tuple[str, Schedule], ...] = (("cosine", Schedule.COSINE), ("constant", Schedule.CONSTANT))
 #: Widths offered by the slider: powers of two and the 1.5× steps between them, up to sizes no laptop holds
@@ -133,6 +144,12 @@ class Controls:
                                                style={**LABEL_STYLE, "button_width": "80px"})
         self.format = widgets.Dropdown(options=FORMAT_CHOICES, value=cfg.format, description="number format",
                                        style=LABEL_STYLE, layout=ROW)
+        # FP8 arithmetic: simulated or real (torch._scaled_mm), and the real casts' scaling; FP8 formats only.
+        toggle_style = {**LABEL_STYLE, "button_width": "95px"}
+        self.fp8_backend = widgets.ToggleButtons(options=[(b.value, b) for b in Fp8Backend], value=cfg.fp8_backend,
+                                                 description="FP8 backend", style=toggle_style)
+        self.fp8_scaling = widgets.ToggleButtons(options=[(s.value, s) for s in Fp8Scaling], value=cfg.fp8_scaling,
+                                                 description="FP8 scaling", style=toggle_style)
         self.steps = widgets.IntText(value=cfg.steps, description="steps", style=LABEL_STYLE,
                                      layout=widgets.Layout(width="210px"))
         self.batch_size = widgets.IntText(value=cfg.batch_size, description="batch size", style=LABEL_STYLE,
@@ -157,6 +174,7 @@ class Controls:
             "optimizer": self.optimizer, "format": self.format, "steps": self.steps, "batch_size": self.batch_size,
             "seed": self.seed, "heads": self.heads, "seq_len": self.seq_len, "schedule": self.schedule,
             "eval_every": self.eval_every, "scales_every": self.scales_every,
+            "fp8_backend": self.fp8_backend, "fp8_scaling": self.fp8_scaling,
         }
         for w in self.fields.values():
             w.observe(self._changed, names="value")
@@ -169,6 +187,10 @@ class Controls:
         """The raw widget values, keyed by RunConfig field (``lr`` is None in auto mode)."""
         values = {name: w.value for name, w in self.fields.items()}
         values["lr"] = None if self.lr_auto.value else self._lr_value
+        if values["format"] not in (NumberFormat.FP8_E4M3, NumberFormat.FP8_E5M2):
+            values["fp8_backend"] = Fp8Backend.SIMULATED  # the FP8 choices mean nothing for other formats
+        if values["fp8_backend"] is Fp8Backend.SIMULATED:
+            values["fp8_scaling"] = Fp8Scaling.NONE
         return values
 
     def config(self) -> RunConfig:
@@ -253,6 +275,9 @@ class Controls:
             self._updating = False
 
     def _refresh(self) -> None:
+        fp8 = self.format.value in (NumberFormat.FP8_E4M3, NumberFormat.FP8_E5M2)
+        self.fp8_backend.disabled = not fp8
+        self.fp8_scaling.disabled = not fp8 or self.fp8_backend.value is Fp8Backend.SIMULATED
         self._refresh_lr()
         self._refresh_size()
         for callback in self._listeners:
@@ -298,6 +323,7 @@ class Controls:
         left = widgets.VBox([self.scaling, self.arch, self.width, self.depth, self.size],
                             layout=widgets.Layout(flex="1 1 460px"))
         right = widgets.VBox([widgets.HBox([self.lr, self.lr_auto]), self.lr_readout, self.optimizer, self.format,
+                              self.fp8_backend, self.fp8_scaling,
                               widgets.HBox([self.steps, self.batch_size]), self.seed],
                              layout=widgets.Layout(flex="1 1 460px"))
         advanced = widgets.Accordion([widgets.HBox([

@@ -34,8 +34,10 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from IPython.display import display
 
 from labkit.config import ConfigError, RunConfig
+from labkit.gallery import panel as static_panel
 from labkit.palette import run_colour
 from labkit.runs import Run, RunStatus, RunStore
 from labkit.ui.charts import MIB, ChartSet, RunSeries, run_label, static_figure
@@ -139,6 +141,12 @@ class Lab:
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
         return self.widget._repr_mimebundle_(**kwargs)
+
+    def _ipython_display_(self) -> None:
+        if static_panel.requested():  # the gallery's static pages show the final figure instead (labkit.gallery)
+            static_panel.show(self)
+        else:
+            display(self.widget)
 
     # -- state -----------------------------------------------------------------------------------------------
     @property
@@ -414,6 +422,7 @@ class Lab:
                 "".join(traceback.format_exception(error)) if error is not None else None)
             self._set_status(f"Run {entry.label} failed: {message}.{saved}", "error", details)
         self._refresh_table()
+        static_panel.update(self)
 
     def set_visible(self, run: Run | str | int, visible: bool) -> None:
         """Show or hide one run's traces in every chart (what the run's checkbox does)."""

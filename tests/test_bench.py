@@ -1,0 +1,63 @@
+"""The benchmark's peer comparison with Graphcore's ``unit-scaling``: built at labkit's size, skipped with
+a clear reason when it cannot be measured. (Timings themselves are printed by ``python -m labkit.bench``,
+never asserted.)"""
+
+from __future__ import annotations
+
+import torch
+
+from labkit import bench, peer
+from labkit.config import RunConfig
+
+TINY = {"width": 32, "depth": 1, "heads": 2, "seq_len": 16, "batch_size": 2}
+
+
+def test_peer_models_train_at_labkit_size() -> None:
+    config = RunConfig(**TINY)
+    steps, reason = bench._peer_steps(config, wanted=True)
+    assert reason is None
+    assert set(steps) == {"plain fp32", "u-mup fp32", "plain fp8 (simulate_format)", "u-mup fp8 (simulate_format)"}
+    for name in ("plain fp32", "u-mup fp32"):  # the fp8 ones compile with TorchDynamo on first use: bench only
+        steps[name]()
+
+
+def test_plain_counterpart_mirrors_the_peer_decoder() -> None:
+    import unit_scaling as uu
+
+    ours, theirs = peer.PlainDecoder(32, 50, 2, 2), uu.TransformerDecoder(32, 50, 2, 2)
+    assert sorted(p.shape for p in ours.parameters()) == sorted(p.shape for p in theirs.parameters())
+    assert ours(torch.randint(0, 50, (2, 8))).shape == (2, 8, 50)
+
+
+def test_peer_absent_or_not_comparable_gives_a_reason(monkeypatch) -> None:
+    steps, reason = bench._peer_steps(RunConfig(arch="lstm", **TINY), wanted=True)
+    assert steps == {} and "no LSTM" in reason
+    assert bench._peer_steps(RunConfig(**TINY), wanted=False) == ({}, "not measured (--no-peer)")
+    monkeypatch.setattr(bench, "peer_version", lambda: None)
+    steps, reason = bench._peer_steps(RunConfig(**TINY), wanted=True)
+    assert steps == {} and "not installed" in reason and "[dev]" in reason
+
+
+def test_peer_version_is_none_without_the_library(monkeypatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_unit_scaling(name, *args, **kwargs):
+        if name == "unit_scaling":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_unit_scaling)
+    assert peer.peer_version() is None
+
+
+def test_cpu_clock_ignores_time_the_thread_spends_off_the_cpu() -> None:
+    import time
+
+    def nap() -> None:
+        time.sleep(0.02)  # what a step looks like while other processes hold the cores
+
+    wall = bench.interleaved_step_times({"nap": nap}, steps=2, warmup=0)["nap"]
+    cpu = bench.interleaved_step_times({"nap": nap}, steps=2, warmup=0, clock=time.thread_time)["nap"]
+    assert min(wall) >= 0.02 and max(cpu) < 0.01
