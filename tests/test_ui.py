@@ -7,6 +7,7 @@ background run is awaited with ``Lab.wait``. Every run is tiny (width 32, one la
 from __future__ import annotations
 
 import importlib
+import math
 import time
 
 import numpy as np
@@ -15,9 +16,10 @@ import pytest
 
 from labkit.config import RunConfig
 from labkit.runs import RunStatus, RunStore
+from labkit.train import peak_learning_rate
 from labkit.ui import Lab
 from labkit.ui.charts import KEY_GROUPS, MIB, NO_SCALE_NOTE, ChartSet, LiveFigure, RunSeries, thin_index
-from labkit.ui.controls import Controls, describe_lr, format_bytes
+from labkit.ui.controls import SCALING_CHOICES, Controls, describe_lr, format_bytes
 
 TINY = dict(arch="transformer", width=32, depth=1, heads=2, seq_len=32, batch_size=8, steps=30, eval_every=10,
             eval_batches=2)
@@ -68,6 +70,22 @@ def test_learning_rate_auto_follows_the_method_until_the_slider_moves():
     assert controls.config().lr is None
 
 
+
+def test_auto_learning_rate_survives_the_browser_echoing_the_slider_back():
+    """The browser's FloatLogSlider answers every move the kernel makes with base ** log(value), rounded: 0.5
+    comes back as 0.4999999999999988 (seen in Chromium). That echo must not untick auto nor change the LR."""
+    controls = Controls(RunConfig(**TINY))
+    for label, method in SCALING_CHOICES + SCALING_CHOICES[:1]:
+        controls.scaling.value = method
+        default = peak_learning_rate(controls.config().replace(lr=None))
+        controls.lr.set_state({"value": 2.0 ** (math.log(default) / math.log(2) * (1 + 4e-16))})  # the echo
+        assert controls.lr_auto.value, f"auto unticked by the echo after choosing {label}"
+        assert controls.config().lr is None and f"default of {label} " in controls.lr_readout.value
+    controls.lr.set_state({"value": 2.0**-3})  # a real move (one slider step is 2^0.25)
+    assert not controls.lr_auto.value and controls.config().lr == 2.0**-3
+    controls.lr.set_state({"value": 2.0**-3 * (1 - 1e-15)})  # its echo keeps the exact value
+    assert controls.config().lr == 2.0**-3
+
 def test_readouts_show_powers_of_two_and_ten():
     assert describe_lr(2.0**-8) == "0.00391 = 2⁻⁸ ≈ 10⁻²·⁴"
     assert describe_lr(1e-3).endswith("= 10⁻³")
@@ -104,7 +122,12 @@ def test_train_button_runs_in_the_background_and_the_charts_hold_the_run(lab):
     np.testing.assert_array_equal(val.x, m["step"][m["val_loss"].notna()])
     np.testing.assert_allclose(lab.charts.trace(run.id, "global").y, m["param_norm"])
     np.testing.assert_allclose(lab.charts.trace(run.id, "rss").y, m["rss"] / MIB)
-    np.testing.assert_allclose(lab.charts.trace(run.id, "mem_optimizer").y, m["mem_optimizer"] / MIB)
+    peak = int(m["mem_total"].idxmax())  # the memory chart: one stacked bar at the peak step, beside the estimate
+    for part in ("mem_params", "mem_grads", "mem_optimizer", "mem_activations"):
+        np.testing.assert_allclose(lab.charts.trace(run.id, part).y, [m[part][peak] / MIB])
+    estimate = run.info["memory_estimate"]
+    np.testing.assert_allclose(lab.charts.trace(run.id, "estimate/mem_params").y, [estimate["param_bytes"] / MIB])
+    assert lab.charts.trace(run.id, "mem_params").y[0] == pytest.approx(estimate["param_bytes"] / MIB)
     groups = [r for r in lab.charts._runs[run.id].index if r.startswith("group/")]
     assert "group/blocks.0.attn.qkv" in groups
     assert lab.progress.value == 25 and "tokens/s" in lab.progress_text.value
@@ -196,7 +219,9 @@ def test_runs_accumulate_side_by_side_in_charts_and_table(lab):
     second = lab.wait(60)
     assert [r.id for r in lab.runs] == [first.id, second.id]
     table = lab.table()
-    assert table["run"].tolist() == ["#1 standard", "#2 seed-l2-once"]
+    assert table.index.tolist() == ["#1 standard", "#2 seed-l2-once"]  # labels, not 0, 1
+    assert "shown" not in table and table["val loss"].round(3).equals(table["val loss"])
+    assert str(table["tokens/s"].dtype) == "Int64"  # whole tokens/s, not 10858.703535
     assert table["vs #1"].tolist() == ["(reference)", "scaling=seed-l2-once"]
     assert table[["val loss", "tokens/s", "peak memory (MiB)"]].notna().all().all()
     colours = {lab.charts.trace(r.id, "val").line.color for r in lab.runs}
@@ -311,3 +336,73 @@ def test_headless_notebook_runs_the_panel(tmp_path):
     client.execute()
     outputs = nb.cells[-1].outputs
     assert any("finished ok" in o.get("text", "") for o in outputs), outputs
+
+
+def test_an_interrupt_stops_a_run_trained_in_the_main_thread_and_the_cell_ends_normally(tmp_path):
+    """What Stop does while a cell trains: the kernel gets SIGINT; the run stops, no KeyboardInterrupt escapes."""
+    import os
+    import signal
+    import threading
+
+    lab = Lab(RunConfig(**{**TINY, "steps": 100_000}), store=RunStore(tmp_path))
+    before = signal.getsignal(signal.SIGINT)
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        run = lab.train()
+    finally:
+        timer.cancel()
+    assert run.status is RunStatus.STOPPED and 0 < run.last_step < 100_000
+    assert signal.getsignal(signal.SIGINT) is before and not lab.stop_button.interrupt
+    entry = lab.entry(run)
+    assert entry.ended - entry.stop_requested < 1.0, "the run went on for a second after the interrupt"
+    assert "s after Stop" in lab.status_text
+    assert lab.train(steps=5).status is RunStatus.FINISHED  # the next cell's run
+
+
+def test_per_group_and_cuda_columns_are_drawn_when_a_run_has_them(tmp_path):
+    """Columns other helpers' engines add (``eff_lr/<group>``, ``rel_update/<group>``, ``mem_cuda_*``), drawn from
+    a synthetic metrics frame: live and in the static figure."""
+    from labkit.palette import run_colour
+    from labkit.runs import Run
+    from labkit.ui.charts import static_figure
+
+    run = Run(RunConfig(**TINY))
+    run.info["memory_estimate"] = {"param_bytes": 4 * MIB, "grad_bytes": 4 * MIB, "optimizer_bytes": 8 * MIB,
+                                   "activation_bytes": 2 * MIB, "total_bytes": 18 * MIB}
+    for step in range(1, 11):
+        run.records.append({"step": step, "train_loss": 4 - 0.1 * step, "mem_params": 4 * MIB, "mem_grads": 4 * MIB,
+                            "mem_optimizer": 8 * MIB, "mem_activations": (1 + step % 3) * MIB,
+                            "mem_total": (17 + step % 3) * MIB, "rss": 500 * MIB, "mem_cuda_allocated": 20 * MIB,
+                            "mem_cuda_reserved": 32 * MIB, "mem_cuda_peak": 24 * MIB,
+                            "eff_lr/hidden": 1e-3 * step, "eff_lr/embedding": 2e-3 * step,
+                            "rel_update/hidden": 1e-2 / step, "rel_update/embedding": 2e-2 / step})
+    series = RunSeries(run)
+    series.sync()
+    charts = ChartSet()
+    charts.add(series, run_colour(0), "#1")
+    for role, expected in (("eff_lr/hidden", 1e-3 * np.arange(1, 11)),
+                           ("rel_update/embedding", 2e-2 / np.arange(1, 11)),
+                           ("mem_cuda_reserved", np.full(10, 32.0)), ("rss", np.full(10, 500.0))):
+        np.testing.assert_allclose(charts.trace(run.id, role).y, expected)
+    assert charts.trace(run.id, "eff_lr/hidden").xaxis == "x7" and charts.trace(run.id, "rss").xaxis == "x6"
+    np.testing.assert_allclose(charts.trace(run.id, "mem_activations").y, [3.0])  # at the peak step (step 2)
+    np.testing.assert_allclose(charts.trace(run.id, "estimate/mem_optimizer").y, [8.0])
+    fig = static_figure([(series, run_colour(0), "#1")])
+    names = {t.name for t in fig.data}
+    assert {"#1 hidden", "#1 CUDA peak", "#1 activations (estimate)"} <= names
+
+
+def test_heads_menu_offers_the_divisors_of_the_width_as_the_error_suggests():
+    from labkit.config import ConfigError
+    from labkit.ui.controls import _option_values
+
+    controls = Controls(RunConfig(**TINY))
+    controls.width.value = 24
+    assert _option_values(controls.heads) == [1, 2, 3, 4, 6, 8, 12, 24]
+    assert controls.config().width % controls.heads.value == 0
+    with pytest.raises(ConfigError, match=r"pick heads from \[1, 2, 3, 4, 6, 8, 12, 24\]"):
+        RunConfig(width=24, heads=5)
+    controls.heads.value = 12
+    controls.width.value = 48
+    assert controls.heads.value == 12 and 16 in _option_values(controls.heads)

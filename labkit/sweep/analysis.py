@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from labkit.palette import run_colour
+
 METRIC = "final_val_loss"
 GROUP = ("scaling", "width")
 
@@ -64,7 +66,10 @@ def lr_shift(table: pd.DataFrame, metric: str = METRIC, method: str = "scaling",
     return out.reset_index()
 
 
-def _lr_label(lr: float) -> str:
+def lr_label(lr: float) -> str:
+    """A learning rate as sweeps print it: ``2^-7`` on the power-of-two grid, else ``0.003``; ``—`` if missing."""
+    if not (isinstance(lr, float | int) and np.isfinite(lr) and lr > 0):
+        return "—"
     exponent = np.log2(lr)
     return f"2^{exponent:g}" if float(exponent).is_integer() else f"{lr:.3g}"
 
@@ -81,7 +86,7 @@ def paper_table(table: pd.DataFrame, metric: str = METRIC, rows: str = "scaling"
     def cell(row: pd.Series) -> str:
         if pd.isna(row["best_lr"]):
             return "diverged" if row["diverged"] else "—"
-        return f"{_lr_label(row['best_lr'])} ({row[metric]:.{digits}f})" + (" †" if row["at_edge"] else "")
+        return f"{lr_label(row['best_lr'])} ({row[metric]:.{digits}f})" + (" †" if row["at_edge"] else "")
 
     best["cell"] = best.apply(cell, axis=1)
     pivot = best.pivot(index=rows, columns=columns, values="cell")
@@ -97,13 +102,12 @@ def lr_transfer_figure(table: pd.DataFrame, metric: str = METRIC, facet: str = "
     shape while a sweep fills it in. Stars mark each line's best LR, crosses along the top diverged runs.
     """
     import plotly.graph_objects as go
-    from plotly.colors import qualitative
     from plotly.subplots import make_subplots
 
     df = _with_lr(table)
     facets = list(dict.fromkeys(df[facet])) or [""]
     lines = sorted(dict.fromkeys(df[color]))
-    palette = {value: qualitative.Plotly[i % len(qualitative.Plotly)] for i, value in enumerate(lines)}
+    palette = {value: run_colour(i) for i, value in enumerate(lines)}
     figure = make_subplots(rows=1, cols=len(facets), shared_yaxes=True, subplot_titles=[str(f) for f in facets],
                            horizontal_spacing=0.03)
     ok = _finished(df, metric)

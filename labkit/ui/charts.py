@@ -24,16 +24,12 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 from plotly.serializers import custom_serializers
 from plotly.subplots import make_subplots
 from traitlets import Dict
 
 from labkit.instrument import layer_of
 from labkit.runs import Run
-
-#: Run colours, in the order runs are added (Tableau 10: distinct, colour-blind friendly for the first few).
-PALETTE: tuple[str, ...] = tuple(qualitative.T10)
 
 MEMORY_PARTS: tuple[tuple[str, str], ...] = (
     ("mem_params", "parameters"),
@@ -53,8 +49,14 @@ BASE_KEYS: tuple[str, ...] = (
     "step", "tokens", "train_loss", "val_loss", "lr", "param_norm", "grad_norm", "mem_params", "mem_grads",
     "mem_optimizer", "mem_activations", "mem_total", "rss", "step_time", "tokens_per_s", "instr_time",
     "fmt_underflow_fwd", "fmt_overflow_fwd", "fmt_underflow_bwd", "fmt_overflow_bwd", "fmt_values_fwd",
-    "fmt_values_bwd",
+    "fmt_values_bwd", "mem_cuda_allocated", "mem_cuda_reserved", "mem_cuda_peak",
 )
+#: Per-step columns named per optimizer parameter group (produced by the engine when it measures them).
+GROUP_PREFIXES: tuple[str, ...] = ("eff_lr/", "rel_update/")
+#: Device memory columns drawn beside RSS when a run has them (CUDA runs): key, label, dash.
+DEVICE_MEMORY: tuple[tuple[str, str, str], ...] = (("mem_cuda_allocated", "CUDA allocated", "dot"),
+                                                   ("mem_cuda_reserved", "CUDA reserved", "dashdot"),
+                                                   ("mem_cuda_peak", "CUDA peak", "longdash"))
 MIB = 2.0**20
 NO_SCALE_NOTE = "no scale data for this run"
 NO_FORMAT_NOTE = "no under/overflow counts for this run"
@@ -64,17 +66,15 @@ SLOTS: dict[str, dict[str, Any]] = {
     "loss": {"title": "Loss", "x": "step", "y": "loss (nats/token)", "log": False},
     "norms": {"title": "Parameter L2 norms (thick: global)", "x": "step", "y": "L2 norm (thin: per layer)",
               "log": True},
-    "memory": {"title": "Memory (stacked; dashed: RSS)", "x": "step", "y": "memory (MiB, log)",
-               "log": True},
+    "memory": {"title": "Memory at the peak step: measured | estimate", "x": "", "y": "MiB (format's bytes)",
+               "log": False},
     "rms": {"title": "RMS per layer (input → output) at the latest sampled step", "x": "", "y": "RMS (log)",
             "log": True},
     "fmt": {"title": "Format under/overflows", "x": "step", "y": "values per step (log)", "log": True},
+    "process": {"title": "Process memory (RSS; CUDA when present)", "x": "step", "y": "MiB", "log": False},
+    "eff_lr": {"title": "Effective LR per parameter group", "x": "step", "y": "learning rate (log)", "log": True},
+    "rel_update": {"title": "Relative update ‖ΔW‖/‖W‖ per group", "x": "step", "y": "ratio (log)", "log": True},
 }
-
-
-def run_colour(index: int) -> str:
-    """The colour of the ``index``-th run (0-based), reused cyclically after ten runs."""
-    return PALETTE[index % len(PALETTE)]
 
 
 def _rgb(colour: str) -> tuple[int, int, int]:
@@ -108,6 +108,7 @@ class RunSeries:
         self.n = 0
         self.columns: dict[str, int] = {}
         self.groups: dict[str, list[str]] = {}
+        self.group_columns: list[str] = []  # eff_lr/<group>, rel_update/<group> (GROUP_PREFIXES) when recorded
         self._data = np.empty((0, 0))
         self._n_scales = 0
         self.scale_layers: list[str] = []
@@ -118,7 +119,8 @@ class RunSeries:
         for key in record:
             if key.startswith("norm/"):
                 self.groups.setdefault(layer_of(key[5:]), []).append(key)
-        names = [*BASE_KEYS, *(f"group/{g}" for g in self.groups)]
+        self.group_columns = [key for key in record if key.startswith(GROUP_PREFIXES)]
+        names = [*BASE_KEYS, *(f"group/{g}" for g in self.groups), *self.group_columns]
         self.columns = {name: i for i, name in enumerate(names)}
         self._data = np.full((max(64, self.run.config.steps // max(1, self.run.config.log_every) + 2),
                               len(names)), np.nan)
@@ -137,6 +139,7 @@ class RunSeries:
                 self._data = grown
             base = [(self.columns[k], k) for k in BASE_KEYS]
             groups = [(self.columns[f"group/{g}"], keys) for g, keys in self.groups.items()]
+            base += [(self.columns[k], k) for k in self.group_columns]
             data = self._data
             for i, record in enumerate(new, start=self.n):
                 row = data[i]
@@ -221,6 +224,19 @@ def group_traces(series: RunSeries, colour: str, label: str, groups: list[str], 
         legendgroup=series.run.id, showlegend=False)) for i, g in enumerate(groups)]
 
 
+def column_traces(series: RunSeries, colour: str, label: str, columns: list[str]) -> list[TraceSpec]:
+    """Lines of the per-parameter-group columns (``eff_lr/<group>``, ``rel_update/<group>``), one dash per group."""
+    dashes = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+    specs = []
+    for i, column in enumerate(columns):
+        slot, group_name = column.split("/", 1)
+        specs.append(TraceSpec(slot, column, go.Scatter(
+            name=f"{label} {group_name}", mode="lines", legendgroup=series.run.id, showlegend=False,
+            line={"color": colour, "width": 1.5, "dash": dashes[i % len(dashes)]},
+            hovertemplate=f"{label} {group_name}: %{{y:.3g}}<extra></extra>")))
+    return specs
+
+
 def run_traces(series: RunSeries, colour: str, label: str, groups: list[str] | None = None) -> list[TraceSpec]:
     """Every trace of one run, empty (values come from :func:`trace_values`), styled in the run's colour.
 
@@ -238,14 +254,23 @@ def run_traces(series: RunSeries, colour: str, label: str, groups: list[str] | N
                                                 line={"color": colour, "width": 3}, **common)),
     ]
     specs += group_traces(series, colour, label, list(series.groups) if groups is None else groups)
-    for i, (key, name) in enumerate(MEMORY_PARTS):
-        specs.append(TraceSpec("memory", key, go.Scatter(
-            name=f"{label} {name}", mode="lines", stackgroup=f"mem-{group}",
-            line={"color": tint(colour, 0.2 * i), "width": 1}, fillcolor=tint(colour, 0.2 * i, 0.3),
-            **common)))
-    specs.append(TraceSpec("memory", "rss", go.Scatter(name=f"{label} process RSS", mode="lines",
-                                                       line={"color": colour, "width": 2, "dash": "dash"},
-                                                       **common)))
+    for i, (key, name) in enumerate(MEMORY_PARTS):  # one opaque stacked bar per run, beside its estimate
+        specs.append(TraceSpec("memory", key, go.Bar(
+            name=f"{label} {name}", marker={"color": tint(colour, 0.22 * i), "line": {"width": 0}},
+            hovertemplate=f"{label} {name}: %{{y:.2f}} MiB<extra></extra>", **common)))
+        specs.append(TraceSpec("memory", f"estimate/{key}", go.Bar(
+            name=f"{label} {name} (estimate)", hovertemplate=f"{label} {name}, estimated before the run: "
+                                                             "%{y:.2f} MiB<extra></extra>",
+            marker={"color": "white", "line": {"color": tint(colour, 0.22 * i), "width": 1.5},
+                    "pattern": {"shape": "/", "fgcolor": tint(colour, 0.22 * i), "size": 6}}, **common)))
+    specs.append(TraceSpec("process", "rss", go.Scatter(name=f"{label} process RSS", mode="lines",
+                                                        line={"color": colour, "width": 2}, **common)))
+    for key, name, dash in DEVICE_MEMORY:
+        if series.has(key) or series.n == 0:
+            specs.append(TraceSpec("process", key, go.Scatter(name=f"{label} {name}", mode="lines",
+                                                              line={"color": colour, "width": 1.5, "dash": dash},
+                                                              **common)))
+    specs += column_traces(series, colour, label, series.group_columns)
     for kind, dash in SCALE_KINDS:
         specs.append(TraceSpec("rms", f"rms/{kind}", go.Scatter(
             name=f"{label} {kind}", mode="lines+markers", line={"color": colour, "width": 1.5, "dash": dash},
@@ -262,6 +287,18 @@ def trace_values(series: RunSeries, role: str, max_points: int) -> tuple[Any, np
     if role.startswith("rms/"):
         values = series.latest_scales.get(role[4:], {})
         return list(series.scale_layers), np.array([values.get(layer, np.nan) for layer in series.scale_layers])
+    if role.startswith("estimate/"):
+        estimate = series.run.info.get("memory_estimate") or {}
+        key = {"mem_params": "param_bytes", "mem_grads": "grad_bytes", "mem_optimizer": "optimizer_bytes",
+               "mem_activations": "activation_bytes"}[role[9:]]
+        value = estimate.get(key)
+        return [f"{run_short(series)} est."], np.array([value / MIB if value is not None else np.nan])
+    if role.startswith("mem_") and role in dict(MEMORY_PARTS):
+        total = series.column("mem_total")
+        if not np.isfinite(total).any():
+            return [run_short(series)], np.array([np.nan])
+        peak = int(np.nanargmax(total))
+        return [run_short(series)], np.array([series.column(role)[peak] / MIB])
     step = series.column("step")
     if role == "val":
         y = series.column("val_loss")
@@ -274,28 +311,51 @@ def trace_values(series: RunSeries, role: str, max_points: int) -> tuple[Any, np
         y = series.column("train_loss")
     elif role == "global":
         y = series.column("param_norm")
-    elif role == "rss":
-        y = series.column("rss") / MIB
-    elif role.startswith("mem_"):
+    elif role == "rss" or role.startswith("mem_cuda_"):
         y = series.column(role) / MIB
     else:  # group/<layer> and fmt_* columns
         y = series.column(role)
     return np.array(step[idx]), np.array(y[idx])  # contiguous copies: the plot keeps them
 
 
+def run_short(series: RunSeries) -> str:
+    """The run's category on the memory chart's x axis (its id's random tail keeps runs apart)."""
+    return f"{series.run.config.scaling.value} {series.run.config.format.value} ·{series.run.id[-3:]}"
+
+
+def loss_range(series: Iterable[RunSeries], headroom: float = 1.0) -> list[float] | None:
+    """The loss axis' range: from the lowest loss of the runs to ``headroom`` nats above the highest start.
+
+    A run that blew up leaves the chart through the top edge instead of squashing every other curve flat.
+    """
+    lows, starts = [], []
+    for s in series:
+        losses = s.column("train_loss")
+        finite = losses[np.isfinite(losses)]
+        if len(finite):
+            lows.append(float(finite.min()))
+            starts.append(float(finite[0]))
+    if not lows:
+        return None
+    return [max(0.0, min(lows) - 0.1), max(starts) + headroom]
+
+
 def _axis_settings(slot: str) -> tuple[dict[str, Any], dict[str, Any]]:
     spec = SLOTS[slot]
     x = {"title": {"text": spec["x"]}, "automargin": True}
     y = {"title": {"text": spec["y"]}, "automargin": True, "type": "log" if spec["log"] else "linear"}
-    if slot == "rms":
-        x.update(type="category", tickangle=-40, tickfont={"size": 10})
+    if slot in ("rms", "memory"):
+        x.update(type="category", tickangle=-40 if slot == "rms" else -25, tickfont={"size": 10})
     if spec["log"]:
-        y.update(dtick=1, exponentformat="power")  # one labelled tick per decade: 10⁻², 10⁻¹, 10⁰ ...
+        # Powers of ten, at most ~6 labels: a fixed tick per decade piled up when values spanned 15 decades.
+        y.update(exponentformat="power", nticks=6)
     return x, y
 
 
 #: Where each slot sits in the one figure: row 1 loss | norms | memory; row 2 RMS per layer (2 wide) | formats.
-GRID: dict[str, tuple[int, int]] = {"loss": (1, 1), "norms": (1, 2), "memory": (1, 3), "rms": (2, 1), "fmt": (2, 3)}
+#: Row 3: process memory (RSS, CUDA) | effective LR per group | relative update per group.
+GRID: dict[str, tuple[int, int]] = {"loss": (1, 1), "norms": (1, 2), "memory": (1, 3), "rms": (2, 1), "fmt": (2, 3),
+                                    "process": (3, 1), "eff_lr": (3, 2), "rel_update": (3, 3)}
 KEY_GROUPS = ("memory-key", "scale-key", "fmt-key")
 #: Notes shown in the scale charts when the latest shown run has no data for them: (axis, text, test).
 NOTES: dict[str, tuple[str, str, Callable[[RunSeries], bool]]] = {
@@ -303,18 +363,20 @@ NOTES: dict[str, tuple[str, str, Callable[[RunSeries], bool]]] = {
     "no-fmt": ("x5", NO_FORMAT_NOTE, lambda series: series.has_format_counts),
 }
 #: Axis types re-sent with every data update (plotly.js re-guesses non-log types when data change).
-PINNED_AXES = {"xaxis4.type": "category"}
+PINNED_AXES = {"xaxis4.type": "category", "xaxis3.type": "category"}
 
 
-def base_figure(height: int = 760, keys: bool = True) -> go.Figure:
+def base_figure(height: int = 1000, keys: bool = True) -> go.Figure:
     """The empty grid of the lab's charts: titled subplots, units on the axes, log axes, a legend of line styles.
 
-    Row 1: loss, parameter norms, memory; row 2: RMS per layer (two columns wide) and format under/overflows.
+    Row 1: loss, parameter norms, memory (a stacked bar per run at its peak step, beside the estimate made before
+    it started); row 2: RMS per layer (two columns wide) and format under/overflows; row 3: process memory (RSS, and
+    CUDA when present), effective LR and relative update size per parameter group (when the run records them).
     With ``keys``, grey legend-only traces say which band of the memory stack and which dash is which.
     """
-    fig = make_subplots(rows=2, cols=3, specs=[[{}, {}, {}], [{"colspan": 2}, None, {}]],
+    fig = make_subplots(rows=3, cols=3, specs=[[{}, {}, {}], [{"colspan": 2}, None, {}], [{}, {}, {}]],
                         subplot_titles=[SLOTS[s]["title"] for s in GRID], horizontal_spacing=0.075,
-                        vertical_spacing=0.2, row_heights=[0.55, 0.45])
+                        vertical_spacing=0.12, row_heights=[0.37, 0.33, 0.30])
     for slot, (row, col) in GRID.items():
         x, y = _axis_settings(slot)
         fig.update_xaxes(row=row, col=col, **x)
@@ -325,6 +387,7 @@ def base_figure(height: int = 760, keys: bool = True) -> go.Figure:
             row, col = GRID[trace.meta]
             fig.add_trace(trace, row=row, col=col)
     fig.update_layout(template="plotly_white", height=height, autosize=True, hovermode="closest", uirevision="lab",
+                      barmode="stack", bargap=0.25,
                       margin={"l": 60, "r": 20, "t": 40, "b": 40},
                       legend={"orientation": "h", "x": 0, "y": -0.2, "font": {"size": 11}, "tracegroupgap": 4,
                               "traceorder": "grouped"})
@@ -335,10 +398,11 @@ def _key_traces() -> list[go.Scatter]:
     """Legend-only grey traces: the memory bands, the dashes of the scale and format charts."""
     grey = "#555555"
     traces = [go.Scatter(x=[None], y=[None], mode="lines", name=name, legendgroup="memory-key", meta="memory",
-                         line={"color": tint(grey, 0.2 * i), "width": 8}, hoverinfo="skip")
+                         line={"color": tint(grey, 0.22 * i), "width": 8}, hoverinfo="skip")
               for i, (_, name) in enumerate(MEMORY_PARTS)]
-    traces.append(go.Scatter(x=[None], y=[None], mode="lines", name="process RSS", legendgroup="memory-key",
-                             meta="memory", line={"color": grey, "width": 2, "dash": "dash"}, hoverinfo="skip"))
+    traces.append(go.Scatter(x=[None], y=[None], mode="markers", name="hatched: estimate before the run",
+                             legendgroup="memory-key", meta="memory", hoverinfo="skip",
+                             marker={"symbol": "square-open", "size": 10, "color": grey}))
     traces += [go.Scatter(x=[None], y=[None], mode="lines", name=f"{kind} RMS", legendgroup="scale-key", meta="rms",
                           line={"color": grey, "dash": dash}, hoverinfo="skip") for kind, dash in SCALE_KINDS]
     traces += [go.Scatter(x=[None], y=[None], mode="lines", name=name, legendgroup="fmt-key", meta="fmt",
@@ -482,7 +546,7 @@ class ChartSet:
     view acknowledges for ``stall_timeout`` seconds is replaced by a fresh copy (see ``LiveFigure.stalled``).
     """
 
-    def __init__(self, max_points: int = 1000, height: int = 760, stall_timeout: float = 6.0,
+    def __init__(self, max_points: int = 1000, height: int = 1000, stall_timeout: float = 6.0,
                  max_rebuilds: int = 3) -> None:
         self.max_points = max_points
         self.stall_timeout = stall_timeout
@@ -552,6 +616,9 @@ class ChartSet:
             if new_groups:  # the records name layer groups the traces were not made for
                 self._add_traces(entry, group_traces(series, entry.colour, entry.label, new_groups,
                                                      start=len(known), total=len(known) + len(new_groups)))
+            new_columns = [c for c in series.group_columns if c not in entry.index]
+            if new_columns:  # eff_lr/<group>, rel_update/<group>: known once the first record is in
+                self._add_traces(entry, column_traces(series, entry.colour, entry.label, new_columns))
             roles = [role for role in entry.index if force or series.has_scale_data
                      or not role.startswith(("rms/", "fmt_"))]
             xs, ys = [], []
@@ -560,7 +627,11 @@ class ChartSet:
                 xs.append(x)
                 ys.append(y)
             # Restyling skips per-assignment validation (the arrays are ours and well-formed).
-            self.figure.restyle({"x": xs, "y": ys}, [entry.index[r] for r in roles], PINNED_AXES)
+            layout = dict(PINNED_AXES)
+            loss_axis = loss_range(e.series for e in self._runs.values() if e.visible)
+            if loss_axis is not None:
+                layout["yaxis.range"] = loss_axis
+            self.figure.restyle({"x": xs, "y": ys}, [entry.index[r] for r in roles], layout)
             self._update_note()
             self.draws += 1
         return True
@@ -611,7 +682,7 @@ def static_figure(entries: Iterable[tuple[RunSeries, str, str]], max_points: int
 
     Each run has one legend entry; clicking it hides or shows that run in every subplot.
     """
-    fig = base_figure(height=860)
+    fig = base_figure(height=1100)
     entries = list(entries)
     for series, colour, label in entries:
         for spec in run_traces(series, colour, label):
@@ -624,5 +695,8 @@ def static_figure(entries: Iterable[tuple[RunSeries, str, str]], max_points: int
         if not any(has(series) for series, _, _ in entries):
             fig.add_annotation(text=text, xref=f"{axis} domain", yref=f"{axis.replace('x', 'y')} domain", x=0.5,
                                y=0.5, showarrow=False, font={"size": 14, "color": "#777777"})
+    loss_axis = loss_range(series for series, _, _ in entries)
+    if loss_axis is not None:
+        fig.update_yaxes(range=loss_axis, row=1, col=1)
     fig.update_layout(title={"text": title, "x": 0.01}, margin={"t": 80})
     return fig

@@ -43,6 +43,7 @@ OPTIMIZER_CHOICES: tuple[tuple[str, Optimizer], ...] = (("AdamW", Optimizer.ADAM
 FORMAT_CHOICES: tuple[tuple[str, NumberFormat], ...] = (
     ("FP32", NumberFormat.FP32), ("BF16", NumberFormat.BF16), ("FP16", NumberFormat.FP16),
     ("FP8 E4M3", NumberFormat.FP8_E4M3), ("FP8 E5M2", NumberFormat.FP8_E5M2),
+    ("FP8 E5M2, bias 16 (Graphcore)", NumberFormat.FP8_E5M2_BIAS16),
 )
 SCHEDULE_CHOICES: tuple[tuple[str, Schedule], ...] = (("cosine", Schedule.COSINE), ("constant", Schedule.CONSTANT))
 #: Widths offered by the slider: powers of two and the 1.5× steps between them, up to sizes no laptop holds
@@ -127,11 +128,16 @@ class Controls:
                                        continuous_update=False, style=LABEL_STYLE, layout=ROW)
         self.size = widgets.HTML(layout=widgets.Layout(margin="0 0 0 104px"))
         lr = cfg.lr if cfg.lr is not None else 2.0**-8
+        #: The learning rate the slider stands for, exactly. The browser's FloatLogSlider recomputes its value as
+        #: base ** log(value) whenever the kernel moves it and sends that back (0.5 returns as 0.4999999999999988),
+        #: so the slider's own value is only an input: see ``_lr_moved``.
+        self._lr_value = lr
         self.lr = widgets.FloatLogSlider(value=lr, base=2, min=LR_LOG2_RANGE[0], max=LR_LOG2_RANGE[1], step=0.25,
                                          description="learning rate", readout=False, continuous_update=True,
                                          style=LABEL_STYLE, layout=widgets.Layout(width="300px"))
         self.lr_auto = widgets.Checkbox(value=cfg.lr is None, description="auto", indent=False,
                                         layout=widgets.Layout(width="70px"))
+        self.lr_auto.add_class("labkit-lr-auto")
         self.lr_readout = widgets.HTML(layout=widgets.Layout(margin="0 0 0 104px"))
         self.optimizer = widgets.ToggleButtons(options=OPTIMIZER_CHOICES, value=cfg.optimizer,
                                                description="optimizer",
@@ -151,10 +157,10 @@ class Controls:
         self.seed = widgets.IntText(value=cfg.seed, description="seed", style=LABEL_STYLE,
                                     layout=widgets.Layout(width="210px"))
         # Advanced
-        self.heads = widgets.Dropdown(options=_with((1, 2, 4, 8, 16), cfg.heads), value=cfg.heads,
+        self.heads = widgets.Dropdown(options=_with(head_choices(cfg.width), cfg.heads), value=cfg.heads,
                                       description="heads", style=LABEL_STYLE, layout=widgets.Layout(width="210px"))
-        self.seq_len = widgets.IntText(value=cfg.seq_len, description="sequence length", style=LABEL_STYLE,
-                                       layout=widgets.Layout(width="210px"))
+        self.seq_len = widgets.IntText(value=cfg.seq_len, description="sequence length",
+                                       style={"description_width": "120px"}, layout=widgets.Layout(width="230px"))
         self.schedule = widgets.Dropdown(options=SCHEDULE_CHOICES, value=cfg.schedule, description="LR schedule",
                                          style=LABEL_STYLE, layout=widgets.Layout(width="210px"))
         self.eval_every = widgets.IntText(value=cfg.eval_every, description="eval every", style=LABEL_STYLE,
@@ -180,7 +186,7 @@ class Controls:
     def values(self) -> dict[str, Any]:
         """The raw widget values, keyed by RunConfig field (``lr`` is None in auto mode)."""
         values = {name: w.value for name, w in self.fields.items()}
-        values["lr"] = None if self.lr_auto.value else float(self.lr.value)
+        values["lr"] = None if self.lr_auto.value else self._lr_value
         if values["format"] not in (NumberFormat.FP8_E4M3, NumberFormat.FP8_E5M2):
             values["fp8_backend"] = Fp8Backend.SIMULATED  # the FP8 choices mean nothing for other formats
         if values["fp8_backend"] is Fp8Backend.SIMULATED:
@@ -205,7 +211,7 @@ class Controls:
                 w.value = value
             self.lr_auto.value = config.lr is None
             if config.lr is not None:
-                self.lr.value = config.lr
+                self._show_lr(config.lr)
         finally:
             self._updating = False
         self._refresh()
@@ -225,9 +231,22 @@ class Controls:
         return self._vocab_size
 
     # -- reactions -------------------------------------------------------------------------------------------
+    def _show_lr(self, lr: float) -> None:
+        """Move the slider to ``lr`` without it counting as the user's choice."""
+        self._lr_value = lr
+        updating, self._updating = self._updating, True
+        try:
+            self.lr.value = lr
+        finally:
+            self._updating = updating
+
     def _lr_moved(self, change: dict[str, Any]) -> None:
         if self._updating:
             return
+        new = float(change["new"])
+        if abs(math.log2(new) - math.log2(self._lr_value)) < self.lr.step / 2:
+            return  # the browser echoing, rounded, the value the kernel set: not a move of the slider
+        self._lr_value = new
         self._updating = True
         try:
             self.lr_auto.value = False  # the user chose a value: no longer automatic
@@ -236,8 +255,24 @@ class Controls:
         self._refresh()
 
     def _changed(self, change: dict[str, Any]) -> None:
-        if not self._updating:
-            self._refresh()
+        if self._updating:
+            return
+        if change.get("owner") is self.width:
+            self._offer_heads()
+        self._refresh()
+
+    def _offer_heads(self) -> None:
+        """Offer the head counts that divide the width (what the config's error suggests), keeping a valid choice."""
+        choices = head_choices(self.width.value)
+        if tuple(_option_values(self.heads)) == choices:
+            return
+        keep = self.heads.value if self.heads.value in choices else max(c for c in choices if c <= 4 or c == 1)
+        self._updating = True
+        try:
+            self.heads.options = choices
+            self.heads.value = keep
+        finally:
+            self._updating = False
 
     def _refresh(self) -> None:
         fp8 = self.format.value in (NumberFormat.FP8_E4M3, NumberFormat.FP8_E5M2)
@@ -250,18 +285,14 @@ class Controls:
 
     def _refresh_lr(self) -> None:
         if not self.lr_auto.value:
-            self.lr_readout.value = f"<small>lr = {describe_lr(self.lr.value)}</small>"
+            self.lr_readout.value = f"<small>lr = {describe_lr(self._lr_value)}</small>"
             return
         try:
             lr = default_lr(self.base.replace(scaling=self.scaling.value, optimizer=self.optimizer.value))
         except (NotImplementedError, ConfigError) as exc:
             self.lr_readout.value = f"<small>auto: {html.escape(str(exc))}</small>"
             return
-        self._updating = True
-        try:
-            self.lr.value = lr
-        finally:
-            self._updating = False
+        self._show_lr(lr)
         self.lr_readout.value = (f"<small>auto: lr = {describe_lr(lr)} (default of "
                                  f"{self.scaling.label} with {self.optimizer.label})</small>")
 
@@ -301,6 +332,11 @@ class Controls:
         ])], titles=("Advanced",), selected_index=None)
         return widgets.VBox([widgets.Box([left, right], layout=widgets.Layout(display="flex", flex_flow="row wrap")),
                              advanced])
+
+
+def head_choices(width: int) -> tuple[int, ...]:
+    """Head counts a width allows: its divisors up to 64 (``RunConfig`` suggests the same ones)."""
+    return tuple(d for d in range(1, min(width, 64) + 1) if width % d == 0)
 
 
 def _option_values(w: widgets.Widget) -> list[Any]:

@@ -6,7 +6,9 @@
     lab.train(scaling="seed-l2-once")    # the same from code (blocks; for scripts and nbval)
     lab.figure()                         # a static go.Figure of every shown run; lab.to_html("runs.html")
 
-Training runs in a ``threading.Thread`` so the kernel stays free for the Stop button. Measured on a busy
+Training runs in a ``threading.Thread`` so the kernel stays free for the Stop button. A run a notebook cell
+trains (``lab.train()``) blocks the kernel instead, so cells run in order; Stop then interrupts the kernel through
+its control channel and the run stops after its current step (``labkit.ui.stop``). Measured on a busy
 2-core machine with a real kernel: a request sent while a run trains is answered in 40 ms (median; worst
 0.3 s) with a thread, 83 ms (worst 2.4 s) with an asyncio task that yields after every step, and the
 engine's loop is synchronous anyway; the browser tests show Stop working in JupyterLab and Voilà alike.
@@ -36,9 +38,11 @@ from IPython.display import display
 
 from labkit.config import ConfigError, RunConfig
 from labkit.gallery import panel as static_panel
+from labkit.palette import run_colour
 from labkit.runs import Run, RunStatus, RunStore
-from labkit.ui.charts import MIB, ChartSet, RunSeries, run_colour, run_label, static_figure
+from labkit.ui.charts import MIB, ChartSet, RunSeries, run_label, static_figure
 from labkit.ui.controls import Controls, describe_lr
+from labkit.ui.stop import StopButton, stop_on_interrupt
 
 #: With no config given, per-layer scales are sampled every this many steps (they feed the fourth chart).
 DEFAULT_SCALES_EVERY = 25
@@ -62,6 +66,7 @@ class RunEntry:
     ended: float | None = None
     ui_error: str | None = None
     toggle: widgets.Checkbox | None = None
+    stop_requested: float | None = None  # perf_counter() of the Stop click that ended it
 
     @property
     def label(self) -> str:
@@ -76,12 +81,18 @@ class Lab:
     Runs are saved to ``store`` (default: ``RunStore()``, i.e. ``runs/`` or ``$LABKIT_RUNS_DIR``) unless
     ``save=False``. Charts are redrawn at most every ``refresh_interval`` seconds and at most so often that
     drawing stays under ``max_ui_fraction`` of the elapsed time; each trace keeps at most ``max_points``.
+    While a cell trains (``train()`` in the kernel's main thread) the browser's acknowledgements of each redraw
+    wait for the cell to end, so the flow control of ``ChartSet.update`` is blind: redraws are then at most
+    every ``cell_refresh_interval`` seconds, so that a slow browser cannot fall ever further behind.
     """
 
     def __init__(self, config: RunConfig | None = None, *, store: RunStore | None = None, save: bool = True,
-                 refresh_interval: float = 0.2, max_ui_fraction: float = 0.03, max_points: int = 1000) -> None:
+                 refresh_interval: float = 0.2, max_ui_fraction: float = 0.03, max_points: int = 1000,
+                 cell_refresh_interval: float = 0.5) -> None:
         self.store = store if store is not None else (RunStore() if save else None)
         self.refresh_interval = refresh_interval
+        self.cell_refresh_interval = cell_refresh_interval
+        self._interval = refresh_interval  # the one in force for the current run
         self.max_ui_fraction = max_ui_fraction
         self.controls = Controls(config if config is not None else RunConfig(scales_every=DEFAULT_SCALES_EVERY))
         self.charts = ChartSet(max_points=max_points)
@@ -97,8 +108,8 @@ class Lab:
 
         self.train_button = widgets.Button(description="Train", button_style="primary", icon="play",
                                            tooltip="start a run with these settings (it is added to the charts)")
-        self.stop_button = widgets.Button(description="Stop", button_style="warning", icon="stop", disabled=True,
-                                          tooltip="stop after the current step; the run is kept")
+        self.stop_button = StopButton(disabled=True, tooltip="stop after the current step; the run is kept (also "
+                                                            "a run that a notebook cell trains)")
         self.reset_button = widgets.Button(description="Reset", icon="trash",
                                            tooltip="remove every run from the charts and the table "
                                                    "(saved runs stay on disk)")
@@ -178,11 +189,25 @@ class Lab:
         """Train one run to its end in the calling thread, drawing it live, and return it.
 
         The programmatic twin of the Train button, for scripts and notebooks run headless. Errors of the
-        setting or of the run are shown in the status line and raised.
+        setting or of the run are shown in the status line and raised. In the kernel's main thread, Stop (and
+        the notebook's interrupt ■) stops the run after its current step and the cell ends normally.
         """
         entry, trainer = self._prepare(config, overrides)
-        self._execute(entry, trainer, True)
+        with stop_on_interrupt(lambda: self._interrupted(entry, trainer), self.stop_button) as in_cell:
+            self._interval = max(self.refresh_interval, self.cell_refresh_interval) if in_cell else \
+                self.refresh_interval
+            try:
+                self._execute(entry, trainer, True)
+            finally:
+                self._interval = self.refresh_interval
         return entry.run
+
+    @staticmethod
+    def _interrupted(entry: RunEntry, trainer: Any) -> None:
+        """SIGINT while a cell trains (a signal handler: set flags, nothing else)."""
+        if entry.stop_requested is None:
+            entry.stop_requested = time.perf_counter()
+        trainer.stop()
 
     def wait(self, timeout: float | None = None) -> Run | None:
         """Wait for the background run to end (at most ``timeout`` seconds); return the latest run."""
@@ -197,6 +222,7 @@ class Lab:
         if trainer is None or entry is None:
             self._set_status("Nothing is training.", "info")
             return
+        entry.stop_requested = time.perf_counter()
         trainer.stop()
         self.stop_button.disabled = True
         self._set_status(f"Stopping run {entry.label} after the current step…", "running")
@@ -323,7 +349,7 @@ class Lab:
         # Space redraws so that drawing stays under max_ui_fraction of the time; creating a run's traces is a
         # one-off cost and does not hold back the next redraw.
         pause = cost / self.max_ui_fraction if drawn == "updated" else 0.0
-        self._next_draw = end + max(self.refresh_interval, pause)
+        self._next_draw = end + max(self._interval, pause)
 
     def _draw(self, entry: RunEntry, final: bool = False) -> str:
         """Bring the run's charts and progress up to date: 'added', 'updated', 'skipped' (view busy) or 'empty'."""
@@ -374,10 +400,17 @@ class Lab:
             rate = summary.get("tokens_per_s")
             rate_text = f", {rate:,.0f} tokens/s" if rate else ""
             self.progress.bar_style = "success"
-            self._set_status(f"Run {entry.label} finished: {step:,} steps{val_text}{rate_text}.{saved}", "ok")
+            not_learned = run.info.get("did_not_learn")
+            if not_learned:
+                self._set_status(f"Run {entry.label} finished {step:,} steps but did not learn: {not_learned}."
+                                 f"{saved}", "warn")
+            else:
+                self._set_status(f"Run {entry.label} finished: {step:,} steps{val_text}{rate_text}.{saved}", "ok")
         elif status is RunStatus.STOPPED:
             self.progress.bar_style = "warning"
-            self._set_status(f"Run {entry.label} stopped at step {step:,} of {run.config.steps:,}; "
+            after = (f" {entry.ended - entry.stop_requested:.2f} s after Stop" if entry.stop_requested is not None
+                     and entry.ended is not None else "")
+            self._set_status(f"Run {entry.label} stopped at step {step:,} of {run.config.steps:,}{after}; "
                              f"its {len(run.records):,} records are kept.{saved}", "warn")
         elif status is RunStatus.DIVERGED:
             self.progress.bar_style = "danger"
@@ -422,7 +455,20 @@ class Lab:
             self._set_status("Ready: press Train.", "info")
 
     def table(self) -> pd.DataFrame:
-        """One row per run: number, status, what differs from run #1, final losses, throughput, peak memory."""
+        """One row per run, indexed by its label: status, what differs from run #1, final losses (3 decimals),
+        throughput (tokens/s), peak memory and RSS (MiB, 1 decimal), parameters and run id."""
+        df = self._table_rows()
+        if df.empty:
+            return df
+        df = df.drop(columns=["shown"]).set_index("run")
+        df.index.name = None
+        rounded = {"train loss": 3, "val loss": 3, "tokens/s": 0, "peak memory (MiB)": 1, "peak RSS (MiB)": 1}
+        df = df.round(rounded)
+        for column in ("tokens/s", "parameters"):
+            df[column] = df[column].astype("Int64")
+        return df
+
+    def _table_rows(self) -> pd.DataFrame:
         rows = []
         reference = self.entries[0].run.config if self.entries else None
         for i, e in enumerate(self.entries):
@@ -442,19 +488,25 @@ class Lab:
         return pd.DataFrame(rows)
 
     def _refresh_table(self) -> None:
-        df = self.table()
+        df = self._table_rows()
         if df.empty:
             self.table_html.value = ""
             return
         shown = df.drop(columns=["shown"])
         swatches = [f"<span style='color:{e.colour};font-size:16px'>■</span> {html.escape(e.label)}"
                     for e in self.entries]
-        formats = {"train loss": ".3f", "val loss": ".3f", "tokens/s": ",.0f", "peak memory (MiB)": ",.1f",
+        formats = {"train loss": ".4g", "val loss": ".4g", "tokens/s": ",.0f", "peak memory (MiB)": ",.1f",
                    "peak RSS (MiB)": ",.0f", "parameters": ",.0f"}
         shown = shown.assign(run=swatches, **{col: shown[col].map(_fmt(spec)) for col, spec in formats.items()})
+        shown["status"] = [_status_html(e.run) for e in self.entries]
+        shown = shown.rename(columns={"train loss": "train", "val loss": "val", "peak memory (MiB)": "mem MiB",
+                                      "peak RSS (MiB)": "RSS MiB", "parameters": "params"})
         table = shown.to_html(index=False, escape=False, border=0, classes="labkit-runs")
-        style = ("<style>.labkit-runs{border-collapse:collapse;font-size:12px}.labkit-runs th,.labkit-runs td"
-                 "{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}</style>")
+        # Short one-line headers and a wrapping "setup" column: the table fits the panel without scrolling.
+        style = ("<style>.labkit-runs{border-collapse:collapse;font-size:12px;width:100%;table-layout:auto}"
+                 ".labkit-runs th,.labkit-runs td{padding:2px 6px;border-bottom:1px solid #ddd;text-align:left}"
+                 ".labkit-runs th{white-space:nowrap}.labkit-runs td:nth-child(3),.labkit-runs td:nth-child(4)"
+                 "{white-space:normal;min-width:160px}.labkit-runs td:last-child{font-size:10px;color:#777}</style>")
         self.table_html.value = style + table
 
     def ui_overhead(self, run: Run | str | int | None = None) -> dict[str, float]:
@@ -501,6 +553,19 @@ def layer_groups(config: RunConfig, vocab_size: int) -> list[str]:
     with torch.device("meta"):
         model = build_model(config.model_config(vocab_size))
     return list(dict.fromkeys(layer_of(clean_name(n)) for n, p in model.named_parameters() if p.requires_grad))
+
+
+_RUN_STATUS_COLOURS = {"diverged": "#b00020", "failed": "#b00020", "stopped": "#a05a00", "running": "#1f5fa8"}
+
+
+def _status_html(run: Run) -> str:
+    """A run's status for the table: diverged and failed in red, with the reason on hover; "did not learn" noted."""
+    status = run.status.value
+    colour = _RUN_STATUS_COLOURS.get(status, "#1b7a34")
+    reason = run.error or run.info.get("did_not_learn") or ""
+    note = " <small>(did not learn)</small>" if status == "finished" and run.info.get("did_not_learn") else ""
+    return (f"<span class='labkit-run-{status}' style='color:{colour};font-weight:600' title='{html.escape(reason)}'>"
+            f"{status}</span>{note}")
 
 
 def _message(exc: BaseException) -> str:

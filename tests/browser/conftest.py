@@ -49,8 +49,8 @@ def free_port() -> int:
 class Server:
     """A JupyterLab or Voilà process serving ``root`` on 127.0.0.1 with a random token."""
 
-    def __init__(self, kind: str, root: Path) -> None:
-        self.kind, self.root = kind, root
+    def __init__(self, kind: str, root: Path, notebook: str = "panel.ipynb") -> None:
+        self.kind, self.root, self.notebook = kind, root, notebook
         self.port, self.token = free_port(), secrets.token_hex(16)
         self.log_path = root / f"{kind}.log"
         env = {**os.environ, "LABKIT_RUNS_DIR": str(root / "runs"), "JUPYTER_CONFIG_DIR": str(root / ".jupyter"),
@@ -62,9 +62,11 @@ class Server:
                    f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
                    "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
                    "--LabApp.expose_app_in_browser=True"]
-        else:
-            cmd = [sys.executable, "-m", "voila", str(root / "panel.ipynb"), "--no-browser", f"--port={self.port}",
-                   "--Voila.ip=127.0.0.1", f"--token={self.token}"]
+        else:  # Voilà as `make app` runs it (labkit.ui.app): the app's template and extensions
+            from labkit.ui.app import voila_command, voila_env
+
+            cmd = [*voila_command(root / notebook, self.port), f"--token={self.token}"]
+            env = voila_env(env)
         self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -72,7 +74,7 @@ class Server:
     @property
     def url(self) -> str:
         if self.kind == "lab":
-            return f"http://127.0.0.1:{self.port}/lab/tree/panel.ipynb?token={self.token}"
+            return f"http://127.0.0.1:{self.port}/lab/tree/{self.notebook}?token={self.token}"
         return f"http://127.0.0.1:{self.port}/?token={self.token}"
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -130,11 +132,11 @@ def browser_page(chromium: str) -> Iterator:
             browser.close()
 
 
-def _server(kind: str, tmp_path: Path) -> Iterator[Server]:
+def _server(kind: str, tmp_path: Path, notebook: str = "panel.ipynb", source: Path = HERE) -> Iterator[Server]:
     if kind == "lab" and shutil.which("jupyter", path=str(Path(sys.executable).parent)) is None:
         pytest.skip("jupyterlab is not installed next to this Python (pip install -e '.[lab]')")
-    shutil.copy(HERE / "panel.ipynb", tmp_path / "panel.ipynb")
-    server = Server(kind, tmp_path)
+    shutil.copy(source / notebook, tmp_path / notebook)
+    server = Server(kind, tmp_path, notebook)
     try:
         server.wait_ready()
         yield server
@@ -145,6 +147,20 @@ def _server(kind: str, tmp_path: Path) -> Iterator[Server]:
 @pytest.fixture
 def lab_server(tmp_path: Path) -> Iterator[Server]:
     yield from _server("lab", tmp_path)
+
+
+@pytest.fixture
+def cell_lab_server(tmp_path: Path) -> Iterator[Server]:
+    """JupyterLab on ``cell_run.ipynb``: a notebook whose cells train with ``lab.train()``."""
+    yield from _server("lab", tmp_path, "cell_run.ipynb")
+
+
+@pytest.fixture
+def app_server(tmp_path: Path) -> Iterator[Server]:
+    """Voilà on the app's notebook (``make app``)."""
+    from labkit.ui.app import NOTEBOOK
+
+    yield from _server("voila", tmp_path, NOTEBOOK.name, source=NOTEBOOK.parent)
 
 
 @pytest.fixture

@@ -15,12 +15,12 @@ import pytest
 
 pytestmark = pytest.mark.browser
 
-#: Per chart (loss, norms, memory, per-layer RMS: the subplots on axes x to x4 of the lab's one figure): the
+#: Per chart (loss, norms, process memory, per-layer RMS: axes x, x2, x6, x4 of the lab's one figure): the
 #: points plotly computed for drawing (its calcdata, finite values only) and how many line paths it drew.
 COUNT_POINTS = """() => {
     const gd = document.querySelector('.labkit-lab .js-plotly-plot');
     if (!gd || !gd.calcdata) return null;
-    return [['x', 'xy'], ['x2', 'x2y2'], ['x3', 'x3y3'], ['x4', 'x4y4']].map(([axis, subplot]) => ({
+    return [['x', 'xy'], ['x2', 'x2y2'], ['x6', 'x6y6'], ['x4', 'x4y4']].map(([axis, subplot]) => ({
         points: gd.calcdata.reduce((n, cd) => {
             const t = cd[0] && cd[0].trace;
             if (!t || t.xaxis !== axis || t.visible !== true) return n;
