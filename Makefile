@@ -29,9 +29,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 # cells marked keep_output, the ones nbval checks) or widget state, whatever JupyterLab autosaved.
 git-filter: | $(BIN)/python
 	@if git rev-parse --git-dir >/dev/null 2>&1; then \
-	  git config filter.nbstripout.clean '"$(abspath $(BIN))/python" -m nbstripout' && \
+	  git config filter.nbstripout.clean '"$(abspath $(BIN))/python" -m nbstripout --keep-id' && \
 	  git config filter.nbstripout.smudge cat && git config filter.nbstripout.required true && \
-	  git config diff.ipynb.textconv '"$(abspath $(BIN))/python" -m nbstripout -t'; fi
+	  git config diff.ipynb.textconv '"$(abspath $(BIN))/python" -m nbstripout --keep-id -t'; fi
 
 # --allow-root only where we run as root (containers, workshop VMs); JupyterLab refuses root otherwise.
 lab: $(STAMP)

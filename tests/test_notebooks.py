@@ -34,7 +34,7 @@ def _clean_filter() -> str:
     """The command git runs on a notebook it commits: the configured nbstripout filter, else nbstripout itself."""
     configured = subprocess.run(["git", "config", "filter.nbstripout.clean"], cwd=NOTEBOOKS_DIR, text=True,
                                 capture_output=True).stdout.strip()
-    return configured or f'"{sys.executable}" -m nbstripout'
+    return configured or f'"{sys.executable}" -m nbstripout --keep-id'
 
 
 def committed_text(path: Path) -> str:
