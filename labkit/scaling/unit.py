@@ -87,7 +87,7 @@ def unit_init_(model: nn.Module) -> None:
 class Unit(ScalingMethod):
     name = Scaling.UNIT
     summary = "Unit Scaling (2023): N(0,1) weights, scaled ops; unit RMS at init for every tensor."
-    default_lr = {Optimizer.ADAMW: 2.0**-4, Optimizer.SGD: 2.0**-6}
+    default_lr = {Optimizer.ADAMW: 2.0**-4, Optimizer.SGD: 2.0**-7}
 
     def ops(self) -> Ops:
         return unit_ops()
