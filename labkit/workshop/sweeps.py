@@ -53,20 +53,29 @@ class SweepResult:
         return sweep_figure(self.frame, **kwargs)
 
 
+def sweep_in_memory(configs: Sequence[RunConfig], name: str, executor: str = "sequential",
+                    root: str | os.PathLike | None = None) -> SweepResult:
+    """Run ``configs`` as one :class:`labkit.sweep.Sweep` on ``executor`` in :func:`runs_folder` ``(root, name)``
+    and load its table and every saved run into memory (the folder may be gone once this returns)."""
+    from labkit.sweep import Sweep
+
+    with runs_folder(root, name) as folder:
+        sweep = Sweep(configs, name=name, root=folder)
+        sweep.run(executor, progress=False)
+        table = sweep.table()
+        runs = {run_id: sweep.store.load(run_id) for run_id in table["run_id"].dropna()}
+    return SweepResult(name, table, runs)
+
+
 def lr_sweep(base: RunConfig, lrs: Sequence[float], name: str, root: str | os.PathLike | None = None,
              executor: str = "sequential", **axes: Sequence[Any]) -> SweepResult:
     """Train ``base`` at every learning rate in ``lrs`` for every combination of ``axes`` (e.g.
     ``scaling=[...]``, ``width=[...]``) with :mod:`labkit.sweep` on ``executor`` ("sequential", "local": one
     worker process per core, ...). Runs are saved under ``root`` if given, else in a temporary folder that is
     deleted once the results are loaded (see :func:`runs_folder`)."""
-    from labkit.sweep import Sweep
+    from labkit.sweep import grid
 
-    with runs_folder(root, name) as folder:
-        sweep = Sweep.from_grid(base, name=name, root=folder, lr=list(lrs), **axes)
-        sweep.run(executor, progress=False)
-        table = sweep.table()
-        runs = {run_id: sweep.store.load(run_id) for run_id in table["run_id"].dropna()}
-    return SweepResult(name, table, runs)
+    return sweep_in_memory(grid(base, lr=list(lrs), **axes), name, executor, root)
 
 
 def sweep_runs(sweep: SweepResult, label: str = "scaling", **where: Any) -> dict[str, Run]:
@@ -87,17 +96,11 @@ def run_configs(configs: Mapping[str, RunConfig], name: str, executor: str = "se
                 root: str | os.PathLike | None = None) -> dict[str, Run]:
     """Train several labelled configs as one :mod:`labkit.sweep` (any executor; saved under ``root`` if given,
     else in a temporary folder, see :func:`runs_folder`) and return their runs, with metrics, by label."""
-    from labkit.sweep import Sweep, config_key
+    from labkit.sweep import config_key
 
-    with runs_folder(root, name) as folder:
-        sweep = Sweep(list(configs.values()), name=name, root=folder)
-        sweep.run(executor, progress=False)
-        table = sweep.table().set_index("key")
-        runs = {}
-        for label, config in configs.items():
-            run_id = table.loc[config_key(config), "run_id"]
-            runs[label] = sweep.store.load(run_id) if isinstance(run_id, str) else None
-    return runs
+    result = sweep_in_memory(list(configs.values()), name, executor, root)
+    table = result.frame.set_index("key")
+    return {label: result.runs.get(table.loc[config_key(config), "run_id"]) for label, config in configs.items()}
 
 
 def sweep_figure(table: pd.DataFrame, facet: str = "scaling", color: str = "width", title: str | None = None,
