@@ -20,9 +20,9 @@ from labkit.config import ConfigError, RunConfig
 from labkit.runs import RunStatus, RunStore
 from labkit.sweep import (
     DaskExecutor,
-    LiveFigure,
     LocalExecutor,
     Sweep,
+    SweepFigure,
     WorkerLost,
     best_lr,
     config_key,
@@ -291,7 +291,7 @@ def test_lr_transfer_figure_and_live_view_fill_in():
     assert [a.text for a in figure.layout.annotations] == ["standard", "fixed"]  # one panel per method
     assert {t.name for t in figure.data if t.name} == {"width=64", "width=128"}  # one line per width
     assert sum(t.marker.symbol == "x" for t in figure.data) == 2  # diverged runs are shown
-    view = LiveFigure(partial, widget=go.Figure())  # any plotly figure; a FigureWidget in Jupyter
+    view = SweepFigure(partial, widget=go.Figure())  # any plotly figure; a FigureWidget in Jupyter
     lines_before = sum(t.mode == "lines+markers" for t in view.widget.data)
     view.update(table)
     assert lines_before == 2 and sum(t.mode == "lines+markers" for t in view.widget.data) == 4

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -278,6 +282,25 @@ def test_check_cli_fails_on_long_definitions(tmp_path):
     path = tmp_path / "b.ipynb"
     path.write_text(json.dumps(_nb(_code("def f():\n" + "    pass\n" * 10))), encoding="utf-8")
     assert ws.main(["check", str(path)]) == 1
+
+
+def test_check_runs_as_a_module(tmp_path):
+    path = tmp_path / "b.ipynb"
+    path.write_text(json.dumps(_nb(_code("def f():\n" + "    pass\n" * 10))), encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "labkit.workshop", "check", str(path)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1 and "cell 0: def f (11 lines)" in result.stdout
+
+
+def test_every_name_the_notebooks_call_is_exported():
+    """Notebooks call ``ws.<name>``: each such name is in ``labkit.workshop.__all__`` (the package's one list)."""
+    called = set()
+    for path in sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            called |= set(re.findall(r"\bws\.([A-Za-z_]\w*)", "".join(cell["source"])))
+    assert len(called) > 30
+    assert sorted(called - set(ws.__all__)) == []
+    assert all(hasattr(ws, name) for name in ws.__all__)
 
 
 # -- notebooks 0, 4, 5, 6 -------------------------------------------------------------------------------------

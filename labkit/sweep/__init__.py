@@ -29,10 +29,10 @@ from labkit.sweep.executors import (
     make_executor,
 )
 from labkit.sweep.grid import config_key, doubling, grid
-from labkit.sweep.live import LiveFigure
+from labkit.sweep.live import SweepFigure
 from labkit.sweep.store import SweepIndex, list_sweeps, load_sweep
 
-__all__ = ["DaskExecutor", "Executor", "LiveFigure", "LocalExecutor", "SequentialExecutor", "Sweep", "SweepIndex",
+__all__ = ["DaskExecutor", "Executor", "LocalExecutor", "SequentialExecutor", "Sweep", "SweepFigure", "SweepIndex",
            "Task", "WorkerLost", "WorkerStartError", "best_lr", "config_key", "doubling", "grid",
            "list_sweeps", "load_sweep", "lr_shift", "lr_transfer_figure", "make_executor", "paper_table",
            "parse_values", "run_sweep"]

@@ -7,6 +7,7 @@ are counted. ``lr`` is the config's learning rate, or the method's default (``pe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -142,3 +143,76 @@ def lr_transfer_figure(table: pd.DataFrame, metric: str = METRIC, facet: str = "
     figure.update_layout(title=title or f"{metric.replace('_', ' ')} vs learning rate ({finished}/{total} runs)",
                          template="plotly_white", height=380, margin=dict(t=70, l=60, r=20, b=50))
     return figure
+
+
+def round_finite(value: Any, digits: int) -> Any:
+    """A finite float rounded to ``digits``; anything else (NaN, inf, None, text) as it is: for tables."""
+    return round(value, digits) if isinstance(value, float) and math.isfinite(value) else value
+
+
+def best_loss(table: pd.DataFrame, by: str = "scaling", metric: str = "final_val_loss") -> pd.Series:
+    """Lowest ``metric`` of the finished runs of a sweep table for each value of ``by`` (NaN if none finished)."""
+    values = pd.to_numeric(table[metric], errors="coerce").where(table["status"] == "finished")
+    return values.groupby(table[by], sort=False).min()
+
+
+def sweep_summary(table: pd.DataFrame, by: Sequence[str] = ("scaling",),
+                  metric: str = "final_val_loss") -> pd.DataFrame:
+    """Best learning rate (as a power of two) and its loss for each group, with the number of runs that
+    diverged; ``at edge`` flags a best LR at the end of the grid (the true optimum may lie outside)."""
+    best = best_lr(table, metric=metric, by=list(by))
+    out = best[[*by]].copy()
+    out["best lr"] = [f"2^{v:.3g}" if np.isfinite(v) else "—" for v in best["log2_lr"]]
+    out[f"best {metric.replace('_', ' ')}"] = best[metric].round(3)
+    out["at edge"] = best["at_edge"].astype("boolean").fillna(False).astype(bool)
+    out["runs"] = best["runs"]
+    out["diverged"] = best["diverged"]
+    return out.set_index(list(by))
+
+
+def transfer_table(table: pd.DataFrame, small: int, large: int, metric: str = "final_val_loss",
+                   by: str = "scaling", across: str = "width") -> pd.DataFrame:
+    """What tuning on a small model buys: for each method, the best LR found at width ``small``, the loss at
+    width ``large`` with that LR, the best loss at ``large`` over the whole grid, and the gap between them.
+
+    A gap near zero means the LR tuned on the small model was (close to) right for the large one."""
+    best = best_lr(table, metric=metric, by=[by, across]).set_index([by, across])
+    values = pd.to_numeric(table[metric], errors="coerce").where(table["status"] == "finished")
+    lrs = pd.to_numeric(table["lr"], errors="coerce")
+    rows = []
+    for method in dict.fromkeys(table[by]):
+        tuned = best.loc[(method, small), "best_lr"] if (method, small) in best.index else math.nan
+        here = (table[by] == method) & (table[across] == large) & np.isclose(lrs, tuned, rtol=1e-6)
+        loss = float(values[here].iloc[0]) if here.any() else math.nan
+        best_large = best.loc[(method, large), metric] if (method, large) in best.index else math.nan
+        rows.append({by: method, f"best lr at {across} {small}": lr_label(tuned),
+                     f"best lr at {across} {large}": lr_label(best.loc[(method, large), "best_lr"]
+                                                              if (method, large) in best.index else math.nan),
+                     f"loss at {large} with the {small} lr": round_finite(loss, 3),
+                     f"best loss at {large}": round_finite(float(best_large), 3),
+                     "gap": f"{loss / best_large - 1:+.1%}" if np.isfinite(loss) and np.isfinite(best_large)
+                     else "—"})
+    return pd.DataFrame(rows).set_index(by)
+
+
+def best_lr_figure(table: pd.DataFrame, metric: str = "final_val_loss", by: str = "scaling",
+                   across: str = "width") -> Any:
+    """The best learning rate (log2) against width, one line per method: flat means the LR transferred.
+    Hollow markers flag a best LR at the edge of the grid (the optimum may lie beyond it)."""
+    import plotly.graph_objects as go
+
+    best = best_lr(table, metric=metric, by=[by, across]).dropna(subset=["log2_lr"])
+    fig = go.Figure()
+    for i, (method, part) in enumerate(best.groupby(by, sort=False)):
+        part = part.sort_values(across)
+        symbols = ["circle-open" if edge else "circle" for edge in part["at_edge"]]
+        fig.add_trace(go.Scatter(x=part[across], y=part["log2_lr"], mode="lines+markers", name=str(method),
+                                 line=dict(color=run_colour(i), width=2),
+                                 marker=dict(size=11, symbol=symbols, line=dict(width=2, color=run_colour(i))),
+                                 customdata=part[metric],
+                                 hovertemplate="width %{x}<br>best lr 2^%{y}<br>loss %{customdata:.3f}<extra></extra>"))
+    fig.update_xaxes(type="log", dtick=math.log10(2), tickformat="d", title_text=across)
+    fig.update_yaxes(title_text="best learning rate (log₂)", dtick=1)
+    fig.update_layout(title="Best learning rate vs width (flat = transfers; hollow = at the edge of the grid)",
+                      template="plotly_white", height=400, margin=dict(t=60, l=60, r=20, b=50))
+    return fig

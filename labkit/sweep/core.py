@@ -91,7 +91,7 @@ class Sweep:
         :class:`~labkit.sweep.executors.Executor`. ``workers``: processes for ``local``/``dask``.
         ``retries``: extra attempts for a run whose worker died. ``progress``: a progress bar over runs.
         ``live``: True to show the LR-transfer figure filling in (in Jupyter), or a ``FigureWidget`` /
-        :class:`~labkit.sweep.live.LiveFigure` to draw into. ``on_result(row)`` is called with each ended
+        :class:`~labkit.sweep.live.SweepFigure` to draw into. ``on_result(row)`` is called with each ended
         run's table row. Ctrl-C stops the workers; what finished is kept and the next ``run()`` resumes.
         ``lease``: seconds a claim on a config lasts unless renewed (renewed every third of it while this
         driver lives; see the module docstring).

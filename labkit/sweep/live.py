@@ -11,12 +11,12 @@ import pandas as pd
 from labkit.sweep.analysis import METRIC, lr_transfer_figure
 
 
-class LiveFigure:
+class SweepFigure:
     """A plotly ``FigureWidget`` of :func:`~labkit.sweep.analysis.lr_transfer_figure`, redrawn on each update.
 
     Pass ``widget`` to draw into a widget you already show (a lab panel); otherwise a new one is made and,
     inside IPython/Jupyter, displayed. ``figure_kwargs`` go to ``lr_transfer_figure`` (``metric``, ``facet``,
-    ``color``, ``title``).
+    ``color``, ``title``). (The lab panel's thread-safe widget is :class:`labkit.ui.charts.LiveFigure`.)
     """
 
     def __init__(self, table: pd.DataFrame, widget: Any = None, show: bool = True, **figure_kwargs: Any) -> None:
@@ -51,20 +51,20 @@ class SweepMonitor:
     """Progress bar (runs done / total, with status counts and the latest loss) and optional live figure."""
 
     def __init__(self, name: str, total: int, done: int, table: pd.DataFrame, progress: bool = True,
-                 live: bool | LiveFigure | Any = False) -> None:
+                 live: bool | SweepFigure | Any = False) -> None:
         self.counts: Counter[str] = Counter()
         self.bar = None
         if progress:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, initial=done, unit="run", desc=name, file=sys.stderr, dynamic_ncols=True)
-        if isinstance(live, LiveFigure):
-            self.view: LiveFigure | None = live
+        if isinstance(live, SweepFigure):
+            self.view: SweepFigure | None = live
             live.update(table)
         elif live is True:
-            self.view = LiveFigure(table)
+            self.view = SweepFigure(table)
         elif live:  # a FigureWidget to draw into
-            self.view = LiveFigure(table, widget=live)
+            self.view = SweepFigure(table, widget=live)
         else:
             self.view = None
 
