@@ -32,7 +32,6 @@ def test_smoke_mode_reads_the_environment(monkeypatch, value, smoke):
     monkeypatch.setenv(ws.SMOKE_ENV, value)
     assert ws.smoke_mode() is smoke
     assert ws.full_or_smoke("full", "smoke") == ("smoke" if smoke else "full")
-    assert ws.scaled is ws.full_or_smoke  # the former name, kept until other branches merge
 
 
 def test_smoke_mode_off_when_unset(monkeypatch):

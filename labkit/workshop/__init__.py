@@ -52,7 +52,7 @@ from labkit.workshop.layer_scales import (
     scales_figure,
 )
 from labkit.workshop.models import Trained, lr_rules_table, norm_table, seeded_model, train_model
-from labkit.workshop.notebook import SMOKE_ENV, full_or_smoke, scaled, setup, show_source, smoke_mode
+from labkit.workshop.notebook import SMOKE_ENV, full_or_smoke, setup, show_source, smoke_mode
 from labkit.workshop.notebook_checks import CHECK_MARK, is_checked, long_definitions, main
 from labkit.workshop.precision import (
     events_figure,
@@ -74,7 +74,7 @@ __all__ = ["best_loss", "best_lr_figure", "Check", "check_lr_factor", "CHECK_MAR
            "length_figure", "length_table", "long_definitions", "loss_curves_figure", "lr_rules_table",
            "lr_sweep", "main", "measure_costs", "norm_table", "op_scale_table", "probability_figure",
            "probability_table", "rounding_table", "run_configs", "run_table", "runs_folder", "scale_spread",
-           "scaled", "scales_across_widths", "scales_figure", "seed_verdicts", "seeded_model", "setup",
+           "scales_across_widths", "scales_figure", "seed_verdicts", "seeded_model", "setup",
            "show_source", "SMOKE_ENV", "smoke_mode", "step_times", "sweep_figure", "sweep_runs",
            "sweep_summary", "SweepResult", "train_model", "Trained", "transfer_table", "underflow_by_width",
            "visible"]

@@ -24,11 +24,6 @@ def full_or_smoke(full: Any, smoke: Any) -> Any:
     return smoke if smoke_mode() else full
 
 
-#: The former name of :func:`full_or_smoke` ("scaled" also means unit-scaled in this lab). Kept until the
-#: notebooks edited on other branches are merged; new code uses ``full_or_smoke``.
-scaled = full_or_smoke
-
-
 def setup(threads: int = 1) -> str:
     """Prepare a notebook: set torch's CPU thread count (steady timings on a shared 2-core machine) and
     return a one-line description of the mode, for the notebook to print."""
