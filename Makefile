@@ -26,12 +26,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 # nbstripout as git's clean filter for notebooks (.gitattributes names it): a commit never carries outputs (except
-# cells marked keep_output, the ones nbval checks) or widget state, whatever JupyterLab autosaved.
+# cells marked keep_output, the ones nbval checks) or widget state, whatever JupyterLab autosaved. --keep-id: the
+# notebooks' cell ids are part of what we commit (nbstripout renumbers them otherwise, so every notebook would look
+# changed). The path is relative: git runs filters at the top of the working tree, so each clone or worktree (they
+# share one .git/config) strips with its own .venv.
 git-filter: | $(BIN)/python
 	@if git rev-parse --git-dir >/dev/null 2>&1; then \
-	  git config filter.nbstripout.clean '"$(abspath $(BIN))/python" -m nbstripout --keep-id' && \
+	  git config filter.nbstripout.clean '$(BIN)/python -m nbstripout --keep-id' && \
 	  git config filter.nbstripout.smudge cat && git config filter.nbstripout.required true && \
-	  git config diff.ipynb.textconv '"$(abspath $(BIN))/python" -m nbstripout --keep-id -t'; fi
+	  git config diff.ipynb.textconv '$(BIN)/python -m nbstripout --keep-id -t'; fi
 
 # --allow-root only where we run as root (containers, workshop VMs); JupyterLab refuses root otherwise.
 lab: $(STAMP)

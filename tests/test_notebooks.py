@@ -22,7 +22,8 @@ import pytest
 
 from labkit import workshop as ws
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 EXPECTED = {"00-tour", "01-language-models", "02-seed-unit-scaling", "03-unit-scaling", "04-low-precision",
             "05-umup-lr-transfer", "06-exercises", "06-solutions"}
@@ -31,7 +32,10 @@ MAX_BYTES = 300_000
 
 
 def _clean_filter() -> str:
-    """The command git runs on a notebook it commits: the configured nbstripout filter, else nbstripout itself."""
+    """The command git runs on a notebook it commits: the configured nbstripout filter, else nbstripout itself.
+
+    Git runs it at the top of the working tree (the Makefile configures a path relative to it), and so do we.
+    """
     configured = subprocess.run(["git", "config", "filter.nbstripout.clean"], cwd=NOTEBOOKS_DIR, text=True,
                                 capture_output=True).stdout.strip()
     return configured or f'"{sys.executable}" -m nbstripout --keep-id'
@@ -44,7 +48,8 @@ def committed_text(path: Path) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _filtered(path: Path, mtime_ns: int) -> str:  # one filter run per file version (a process start costs ~1 s)
-    result = subprocess.run(_clean_filter(), shell=True, input=path.read_bytes(), capture_output=True, check=True)
+    result = subprocess.run(_clean_filter(), shell=True, cwd=REPO, input=path.read_bytes(), capture_output=True,
+                            check=True)
     return result.stdout.decode("utf-8")
 
 
@@ -144,3 +149,16 @@ def test_checked_cells_do_not_print_timings(notebook):
         if ws.is_checked(cell):
             for word in ("step_times", "perf_counter", "time.time", "tokens_per_s", "ws.train_model"):
                 assert word not in _text(cell), f"{path.name} cell {index}: {word} in a checked cell"
+
+
+def test_a_fresh_checkout_is_what_git_commits(notebook):
+    """The committed notebook passes through the clean filter unchanged (cell ids kept: ``--keep-id``), so a fresh
+    clone shows no changes and these checks see the notebook as committed."""
+    path, _ = notebook
+    head = subprocess.run(["git", "show", f"HEAD:notebooks/{path.name}"], cwd=REPO, capture_output=True)
+    if head.returncode != 0:
+        pytest.skip(f"not in git's HEAD: {head.stderr.decode().strip()}")
+    filtered = subprocess.run(_clean_filter(), shell=True, cwd=REPO, input=head.stdout, capture_output=True,
+                              check=True)
+    assert filtered.stdout.decode() == head.stdout.decode(), \
+        f"{path.name}: git's filter changes the committed notebook (run `make git-filter`, then `git add` it)"

@@ -49,19 +49,23 @@ def free_port() -> int:
 class Server:
     """A JupyterLab or Voilà process serving ``root`` on 127.0.0.1 with a random token."""
 
-    def __init__(self, kind: str, root: Path, notebook: str = "panel.ipynb") -> None:
+    def __init__(self, kind: str, root: Path, notebook: str = "panel.ipynb", state: Path | None = None) -> None:
+        """Serve ``notebook`` (relative to ``root``); the log, runs, settings and checkpoints go to ``state``
+        (default ``root``), so a server on the repository itself leaves nothing in it."""
         self.kind, self.root, self.notebook = kind, root, notebook
         self.port, self.token = free_port(), secrets.token_hex(16)
-        self.log_path = root / f"{kind}.log"
-        env = {**os.environ, "LABKIT_RUNS_DIR": str(root / "runs"), "JUPYTER_CONFIG_DIR": str(root / ".jupyter"),
-               "JUPYTER_RUNTIME_DIR": str(root / ".runtime"), "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces"),
-               "JUPYTERLAB_SETTINGS_DIR": str(root / ".settings"), "PYTHONUNBUFFERED": "1"}
+        state = state or root
+        self.log_path = state / f"{kind}.log"
+        env = {**os.environ, "LABKIT_RUNS_DIR": str(state / "runs"), "JUPYTER_CONFIG_DIR": str(state / ".jupyter"),
+               "JUPYTER_RUNTIME_DIR": str(state / ".runtime"),
+               "JUPYTERLAB_WORKSPACES_DIR": str(state / ".workspaces"),
+               "JUPYTERLAB_SETTINGS_DIR": str(state / ".settings"), "PYTHONUNBUFFERED": "1"}
         if kind == "lab":
             cmd = [sys.executable, "-m", "jupyter", "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1",
                    f"--port={self.port}", f"--ServerApp.token={self.token}", "--ServerApp.password=",
                    f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
                    "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-                   "--LabApp.expose_app_in_browser=True"]
+                   "--LabApp.expose_app_in_browser=True", f"--FileCheckpoints.checkpoint_dir={state / '.checkpoints'}"]
         else:  # Voilà as `make app` runs it (labkit.ui.app): the app's template and extensions
             from labkit.ui.app import voila_command, voila_env
 
