@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Server
 from test_browser import _wait_for
 from test_controls_browser import wait_for_kernel
+
+from conftest import REPO, Server
 
 pytestmark = pytest.mark.browser
 
