@@ -7,6 +7,7 @@ scaling method so the screenshot (``test-artifacts/``) shows two runs overlaid.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -73,11 +74,15 @@ def _exercise_panel(page, artifacts: Path, name: str) -> dict[str, float]:
     _status_contains(page, "Training run #1", 20)
     first = _wait_for(page, ALL_CHARTS_HAVE_POINTS, 30, "points in the three charts")
     timings["first_points_s"] = time.monotonic() - start
-    time.sleep(1.5)
-    later = page.evaluate(COUNT_POINTS)
-    for i, chart in enumerate(("loss", "norms", "memory")):  # (the RMS chart shows one step: it does not grow)
-        assert later[i]["points"] > first[i]["points"], f"{chart} chart did not grow: {first[i]} -> {later[i]}"
-        assert later[i]["paths"] > 0, f"{chart} chart drew no line: {later[i]}"
+    # The loss, norms and memory charts grow as the run goes on (the RMS chart shows one step: it does not).
+    # Waited for, not slept: on a busy machine the first logged steps can take a few seconds to arrive.
+    grown = (f"() => {{ const c = ({COUNT_POINTS})(); const f = {json.dumps(first)}; "
+             "return c && [0, 1, 2].every(i => c[i].points > f[i].points && c[i].paths > 0) ? c : null; }")
+    try:
+        later = _wait_for(page, grown, 30, "the loss, norms and memory charts to grow")
+    except AssertionError:
+        now = page.evaluate(COUNT_POINTS)
+        raise AssertionError(f"charts did not grow in 30 s: loss, norms, memory {first[:3]} -> {now[:3]}") from None
     stop_click = time.monotonic()
     _button(page, "Stop").click()
     _status_contains(page, "top", 20)  # "Stopping run #1 ..." (the kernel took the click) or already "stopped"
