@@ -9,7 +9,8 @@ Public API
 ``spec(fmt)``
     A :class:`FormatSpec` with the format's bit layout and range, derived from ``torch.finfo``.
 ``quantise(x, fmt, rounding, generator, counter=None, kind="fwd")``
-    Round an FP32 tensor to the values representable in ``fmt`` (result still FP32).
+    Round an FP32 tensor to the values representable in ``fmt`` (result still FP32). FP8 round-to-nearest
+    on the CPU runs a one-pass kernel (:mod:`labkit.fast_rounding`) that gives the casts' values bit for bit.
 ``quantise_fwd_bwd(x, fwd, bwd, rounding, counter=None, generator=None)``
     Round the value to ``fwd`` in the forward pass and its gradient to ``bwd`` in the backward pass.
 ``OverflowCounter``
@@ -56,6 +57,7 @@ from typing import Any, Literal
 
 import torch
 
+from labkit import fast_rounding
 from labkit.config import LossScaling, NumberFormat, Rounding
 from labkit.models.layers import Ops
 
@@ -220,21 +222,28 @@ class OverflowCounter:
     def __init__(self) -> None:
         self._totals: dict[Kind, int] = {"fwd": 0, "bwd": 0}
         self._counts: torch.Tensor | None = None  # int64 [fwd_under, fwd_over, bwd_under, bwd_over]
+        self._host = [0, 0, 0, 0]  # the same, recorded as Python ints
 
-    def record(self, kind: Kind, numel: int, underflow: torch.Tensor, overflow: torch.Tensor) -> None:
-        """Add one quantisation's counts (0-d integer tensors) for ``kind`` ("fwd" or "bwd")."""
+    def record(self, kind: Kind, numel: int, underflow: torch.Tensor | int, overflow: torch.Tensor | int) -> None:
+        """Add one quantisation's counts for ``kind`` ("fwd" or "bwd"): 0-d integer tensors (kept on their
+        device until the snapshot) or Python ints (from the CPU kernel, :mod:`labkit.fast_rounding`)."""
         if kind not in self._totals:
             raise ValueError(f"kind must be 'fwd' or 'bwd', got {kind!r}")
-        if self._counts is None:
-            self._counts = torch.zeros(4, dtype=torch.int64, device=underflow.device)
         offset = 0 if kind == "fwd" else 2
         self._totals[kind] += numel
+        if isinstance(underflow, int) and isinstance(overflow, int):
+            self._host[offset] += underflow
+            self._host[offset + 1] += overflow
+            return
+        if self._counts is None:
+            self._counts = torch.zeros(4, dtype=torch.int64, device=underflow.device)
         self._counts[offset].add_(underflow.to(self._counts.device, non_blocking=True))
         self._counts[offset + 1].add_(overflow.to(self._counts.device, non_blocking=True))
 
     def snapshot_and_reset(self) -> dict[str, int]:
         """The counts since the last call, as Python ints (keys in :attr:`KEYS`), then zero them."""
         counts = [0, 0, 0, 0] if self._counts is None else [int(v) for v in self._counts.tolist()]
+        counts = [device + host for device, host in zip(counts, self._host, strict=True)]
         snapshot = {
             "fwd_total": self._totals["fwd"],
             "fwd_underflow": counts[0],
@@ -244,6 +253,7 @@ class OverflowCounter:
             "bwd_overflow": counts[3],
         }
         self._totals = {"fwd": 0, "bwd": 0}
+        self._host = [0, 0, 0, 0]
         if self._counts is not None:
             self._counts.zero_()
         return snapshot
@@ -392,13 +402,25 @@ def quantise(
         become ±inf (FP16, BF16, E5M2) or saturate to ±448 (E4M3), as torch's casts do; see the module
         docstring. The operation is not differentiable (use :func:`quantise_fwd_bwd` in models).
     """
-    fs = spec(fmt)
+    return _quantise(x, spec(fmt), Rounding(rounding), generator, counter, kind)
+
+
+def _quantise(x: torch.Tensor, fs: FormatSpec, rounding: Rounding, generator: torch.Generator | None,
+              counter: OverflowCounter | None, kind: Kind) -> torch.Tensor:
+    """:func:`quantise` with its format and rounding already resolved (the per-call path of the models)."""
     if fs.name is NumberFormat.FP32:
         return x
     if x.dtype != torch.float32:
         raise TypeError(f"quantise expects a float32 tensor, got {x.dtype}")
     x = x.detach()
-    if Rounding(rounding) is Rounding.NEAREST:
+    if rounding is Rounding.NEAREST and fs.bits == 8 and x.device.type == "cpu" and fast_rounding.available():
+        # One pass, counts included, the same values as the casts below (labkit.fast_rounding).
+        q, underflows, overflows = fast_rounding.round_nearest(x, fs.mantissa_bits, fs.min_normal, fs.max_normal,
+                                                               fs.saturates, count=counter is not None)
+        if counter is not None:
+            counter.record(kind, x.numel(), underflows, overflows)
+        return q
+    if rounding is Rounding.NEAREST:
         q = _round_nearest(x, fs)
         if counter is not None:
             overflow = _count_overflows(x, x, fs.overflow_threshold)
@@ -421,7 +443,7 @@ def quantise(
 class Quantise(torch.autograd.Function):
     """Identity whose forward output is rounded to one format and whose gradient to another.
 
-    ``Quantise.apply(x, fwd, bwd, rounding, counter, generator)``; prefer :func:`quantise_fwd_bwd`.
+    ``Quantise.apply(x, spec(fwd), spec(bwd), rounding, counter, generator)``; prefer :func:`quantise_fwd_bwd`.
     The gradient passes straight through the rounding (the rounding's own derivative, zero almost
     everywhere, is ignored), then is itself rounded to ``bwd``: this is how the gradient arriving at
     a matmul's output would be stored in a low-precision backward pass.
@@ -431,21 +453,21 @@ class Quantise(torch.autograd.Function):
     def forward(
         ctx: Any,
         x: torch.Tensor,
-        fwd: NumberFormat,
-        bwd: NumberFormat,
+        fwd: FormatSpec,
+        bwd: FormatSpec,
         rounding: Rounding,
         counter: OverflowCounter | None,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         ctx.bwd, ctx.rounding, ctx.counter, ctx.generator = bwd, rounding, counter, generator
-        out = quantise(x, fwd, rounding, generator, counter=counter, kind="fwd")
+        out = _quantise(x, fwd, rounding, generator, counter, "fwd")
         return x.view_as(x) if out is x else out  # an alias, not the input itself (autograd rule)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        grad_in = quantise(grad.contiguous(), ctx.bwd, ctx.rounding, ctx.generator, counter=ctx.counter,
-                           kind="bwd")
-        return grad_in, None, None, None, None, None
+        if ctx.bwd.name is not NumberFormat.FP32:
+            grad = _quantise(grad.contiguous(), ctx.bwd, ctx.rounding, ctx.generator, ctx.counter, "bwd")
+        return grad, None, None, None, None, None
 
 
 def quantise_fwd_bwd(
@@ -469,10 +491,10 @@ def quantise_fwd_bwd(
     gradients and ``fmt`` values. When both formats are FP32, ``x`` itself is returned (no autograd
     node, no cost); an FP32 side is passed through without rounding or counting.
     """
-    fwd, bwd, rounding = NumberFormat(fwd), NumberFormat(bwd), Rounding(rounding)
-    if fwd is NumberFormat.FP32 and bwd is NumberFormat.FP32:
+    fwd_spec, bwd_spec = spec(fwd), spec(bwd)
+    if fwd_spec.name is NumberFormat.FP32 and bwd_spec.name is NumberFormat.FP32:
         return x
-    return Quantise.apply(x, fwd, bwd, rounding, counter, generator)
+    return Quantise.apply(x, fwd_spec, bwd_spec, Rounding(rounding), counter, generator)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -602,11 +624,13 @@ def simulated_ops(ops: Ops, fwd: NumberFormat, bwd: NumberFormat, rounding: Roun
     opaque, and the unit-scaled LSTM runs the same kernel).
     """
 
+    fwd_spec, bwd_spec, fp32, rounding = spec(fwd), spec(bwd), spec(NumberFormat.FP32), Rounding(rounding)
+
     def q_in(t: torch.Tensor) -> torch.Tensor:
-        return quantise_fwd_bwd(t, fwd, NumberFormat.FP32, rounding, counter, generator)
+        return t if fwd_spec is fp32 else Quantise.apply(t, fwd_spec, fp32, rounding, counter, generator)
 
     def q_out(t: torch.Tensor) -> torch.Tensor:
-        return quantise_fwd_bwd(t, NumberFormat.FP32, bwd, rounding, counter, generator)
+        return t if bwd_spec is fp32 else Quantise.apply(t, fp32, bwd_spec, rounding, counter, generator)
 
     def matmul(op):
         def run(x, weight, bias=None):

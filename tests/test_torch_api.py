@@ -43,6 +43,7 @@ AUDITED = {
     "torch.save",
     "torch.set_rng_state",
     "torch.unique",
+    "torch.empty_like",  # torch 1.x
     "torch.Generator",
     "torch.Tensor",
     "torch.__version__",
