@@ -78,9 +78,34 @@ def peak_learning_rate(config: RunConfig, method: ScalingMethod | None = None) -
 
 
 def make_optimizer(config: RunConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    """The run's optimizer over a method's parameter groups (:func:`merge_param_groups` first)."""
+    groups = merge_param_groups(groups)
     if config.optimizer is Optimizer.SGD:
         return torch.optim.SGD(groups, lr=groups[0]["lr"], weight_decay=config.weight_decay)
     return torch.optim.AdamW(groups, lr=groups[0]["lr"], weight_decay=config.weight_decay, foreach=True)
+
+
+def merge_param_groups(groups: list[dict]) -> list[dict]:
+    """Parameter groups that share a ``group`` label and the same learning rate, factor and rule become one
+    optimizer group named by the label, listing its parameters' names under ``members``; groups without
+    a label stay as they are. The numbers do not change (every parameter keeps its learning rate, and the
+    optimizer's arithmetic is elementwise); the optimizer runs its ``foreach`` ops once per group instead of
+    once per parameter (u-μP on the default Transformer: 8 groups instead of 30)."""
+    merged: dict[tuple, dict] = {}
+    out = []
+    for group in groups:
+        label = group.get("group")
+        if label is None:
+            out.append(group)
+            continue
+        key = (label, group["lr"], group.get("lr_scale", 1.0), group.get("rule"))
+        if key not in merged:
+            name = label if all(g.get("name") != label for g in out) else f"{label} #{len(out)}"
+            merged[key] = {**group, "params": [], "name": name, "members": []}
+            out.append(merged[key])
+        merged[key]["params"] += group["params"]
+        merged[key]["members"].append(group.get("name", f"parameter {len(merged[key]['members'])}"))
+    return out
 
 
 def estimate_memory(config: RunConfig, vocab_size: int) -> dict[str, int]:

@@ -82,16 +82,18 @@ def test_update_meter_reports_effective_lr_and_relative_update():
     meter = UpdateMeter(optimizer)
     ids = torch.randint(0, 20, (2, 16))
     ops.cross_entropy(model(ids).flatten(0, 1), ids.flatten()).backward()
-    weight = model.blocks[0].mlp.fc.weight
-    before = weight.detach().clone()
+    name = "weight 32 (blocks)"  # one optimizer group per u-μP rule (make_optimizer merges them)
+    group = next(g for g in optimizer.param_groups if g["name"] == name)
+    assert "blocks.0.mlp.fc.weight" in group["members"] and len(group["params"]) == 6  # qkv, proj, fc × 2 blocks
+    before = [p.detach().clone() for p in group["params"]]
     meter.before_step()
     optimizer.step()
     record = meter.after_step()
-    name = "blocks.0.mlp.fc.weight"
     assert record[f"eff_lr/{name}"] == pytest.approx(0.5 * 32**-0.5 * 2**-0.5)
-    expected = float((weight.detach() - before).norm() / before.norm())
+    delta = sum(float((p.detach() - b).norm()) ** 2 for p, b in zip(group["params"], before, strict=True))
+    expected = (delta / sum(float(b.norm()) ** 2 for b in before)) ** 0.5
     assert record[f"rel_update/{name}"] == pytest.approx(expected, rel=1e-5)
-    assert math.isclose(record["eff_lr/token_embedding.weight"], 0.5 * 32**-0.5)
+    assert math.isclose(record["eff_lr/embedding 32"], 0.5 * 32**-0.5)
 
 
 @pytest.mark.parametrize("scaling", ["standard", "u-mup"])
@@ -111,9 +113,10 @@ def test_engine_records_effective_lr_and_relative_update_per_group(scaling):
         assert metrics["eff_lr/all"].tolist() == pytest.approx(metrics["lr"].tolist())  # warm-up then cosine
     else:
         factor = 32**-0.5 * 1**-0.5  # blocks.0.mlp.fc: fan_in^-1/2 × depth^-1/2 (depth 1)
-        assert metrics["eff_lr/blocks.0.mlp.fc.weight"].tolist() == pytest.approx((metrics["lr"] * factor).tolist())
+        assert metrics["eff_lr/weight 32 (blocks)"].tolist() == pytest.approx((metrics["lr"] * factor).tolist())
     assert (metrics[rel] > 0).all().all() and np.isfinite(metrics[rel]).all().all()
-    matrices = [c for c in rel if c.endswith("weight") and ".ln" not in c] or rel
+    matrices = [c for c in rel if c.split("/")[1].split()[0] in ("weight", "embedding", "readout", "all")]
+    assert len(matrices) == (1 if scaling == "standard" else 4)  # embeddings, weights (fan-in 32, 128), readout
     assert (metrics[matrices] < 0.5).all().all()  # (biases start at 0 under unit scaling: no bound on theirs)
 
 

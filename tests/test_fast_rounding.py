@@ -83,10 +83,15 @@ def test_quantise_uses_the_kernel_for_fp8_round_to_nearest_on_the_cpu(monkeypatc
 def test_non_contiguous_empty_and_wrong_inputs():
     fs = spec(NumberFormat.FP8_E4M3)
     args = (fs.mantissa_bits, fs.min_normal, fs.max_normal, fs.saturates)
-    x = torch.randn(16, 64, 3 * 32).split(32, dim=2)[1].unflatten(2, (4, 8)).transpose(1, 2)
-    assert not x.is_contiguous()
-    q, _, _ = fast_rounding.round_nearest(x, *args)
-    assert q.shape == x.shape and torch.equal(q, x.to(fs.dtype).float())
+    qkv = torch.randn(16, 64, 3 * 32) * 2.0 ** torch.randint(-14, 12, (16, 64, 96))
+    views = [qkv.split(32, dim=2)[1].unflatten(2, (4, 8)).transpose(1, 2),  # attention's q, k, v are such views
+             qkv.split(32, dim=2)[2], qkv[0].t(), qkv[:, :, 5]]
+    for x in views:
+        assert not x.is_contiguous()
+        q, under, over = fast_rounding.round_nearest(x, *args, count=True)
+        _, under_c, over_c = fast_rounding.round_nearest(x.contiguous(), *args, count=True)
+        assert q.shape == x.shape and torch.equal(q, x.to(fs.dtype).float())
+        assert (under, over) == (under_c, over_c) and under > 0 and over > 0
     empty, under, over = fast_rounding.round_nearest(torch.empty(0, 3), *args)
     assert empty.shape == (0, 3) and (under, over) == (0, 0)
     with pytest.raises(TypeError, match="FP32 CPU tensor"):

@@ -166,3 +166,31 @@ def test_scales_are_recorded_every_n_steps(make_config):
     assert sorted(table["step"].unique()) == [1, 5, 10]
     assert set(table["kind"]) == {"activation", "gradient", "weight"}
     assert (table["rms"] > 0).all()
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_optimizer_groups_merged_by_rule_train_exactly_like_one_group_per_parameter(optimizer):
+    """make_optimizer gives u-μP one optimizer group per rule (8, not 30, on this model): the same numbers."""
+    from labkit.train import build_for_run, make_optimizer, merge_param_groups
+
+    config = RunConfig(scaling="u-mup", width=32, depth=2, heads=2, seq_len=16, optimizer=optimizer, lr=0.05)
+    model, ops, method = build_for_run(config, vocab_size=20)
+    twin, _, _ = build_for_run(config, vocab_size=20)  # the same seed: the same initial weights
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters(), strict=True))
+    groups = method.param_groups(model, config.lr, config.optimizer)
+    merged = make_optimizer(config, groups)
+    assert len(groups) == 30 and len(merged.param_groups) == 8
+    assert sorted(n for g in merged.param_groups for n in g["members"]) == sorted(g["name"] for g in groups)
+    singles = method.param_groups(twin, config.lr, config.optimizer)
+    for g in singles:
+        del g["group"]  # unlabelled groups stay one per parameter
+    separate = make_optimizer(config, singles)
+    assert len(separate.param_groups) == 30 and merge_param_groups(singles) == singles
+    ids = torch.randint(0, 20, (4, 17), generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        for m, opt in ((model, merged), (twin, separate)):
+            opt.zero_grad()
+            ops.cross_entropy(m(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()).backward()
+            opt.step()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q), name

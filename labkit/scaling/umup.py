@@ -97,12 +97,25 @@ class UMuP(Unit):
     readout_constraint = U.Constraint.NONE
 
     def param_groups(self, model: nn.Module, lr: float, optimizer: Optimizer) -> list[dict[str, Any]]:
-        """One group per parameter, each with ``lr_scale`` (the u-μP factor from its tags, :func:`lr_scale`)
-        and the ``rule`` applied, in words."""
+        """One group per parameter, each with ``lr_scale`` (the u-μP factor from its tags, :func:`lr_scale`),
+        the ``rule`` applied, in words, and the ``group`` it shares with the parameters under the same rule
+        (``make_optimizer`` gives the optimizer one group per rule: a few groups train faster than one per
+        parameter, and their ``eff_lr``/``rel_update`` curves are the ones worth reading)."""
         groups = []
         for name, p in model.named_parameters():
             if not p.requires_grad:
                 continue
             scale, rule = lr_scale(p, optimizer, self.readout_constraint)
-            groups.append({"params": [p], "lr": lr * scale, "lr_scale": scale, "name": name, "rule": rule})
+            groups.append({"params": [p], "lr": lr * scale, "lr_scale": scale, "name": name, "rule": rule,
+                           "group": rule_group(p)})
         return groups
+
+
+def rule_group(param: nn.Parameter) -> str:
+    """A short label for the parameters that share ``param``'s u-μP rule: its role, the fan-in where the
+    rule depends on it, and "(blocks)" inside the residual stack, e.g. ``weight 128 (blocks)``."""
+    role = role_of(param)
+    label = str(role)
+    if role in (Role.WEIGHT, Role.EMBEDDING):
+        label += f" {_fan_in(param)}"
+    return label + (" (blocks)" if residual_depth_of(param) is not None else "")

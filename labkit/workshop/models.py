@@ -81,6 +81,6 @@ def lr_rules_table(config: RunConfig, lr: float = 1.0) -> pd.DataFrame:
     rows = []
     for group in method.param_groups(model, lr, config.optimizer):
         for p in group["params"]:
-            rows.append({"parameter": group.get("name", names[id(p)]), "shape": "×".join(map(str, p.shape)),
+            rows.append({"parameter": names[id(p)], "shape": "×".join(map(str, p.shape)),
                          "lr factor": group.get("lr_scale", 1.0), "rule": group.get("rule", "base rate")})
     return pd.DataFrame(rows).set_index("parameter")
