@@ -64,8 +64,9 @@ def round_nearest(x: torch.Tensor, mantissa_bits: int, min_normal: float, max_no
                   count: bool = False) -> tuple[torch.Tensor, int, int]:
     """``x`` (FP32, CPU) rounded to nearest, ties to even, onto the grid of a format with ``mantissa_bits``
     stored fraction bits, smallest normal ``min_normal`` and largest finite ``max_normal`` (beyond it:
-    ``max_normal`` if ``saturates``, else inf); a new contiguous tensor. With ``count``, also the number
-    of underflows and overflows (else 0, 0). Raises RuntimeError where numba is missing (see :func:`available`).
+    ``max_normal`` if ``saturates``, else inf); a new tensor, laid out as ``x`` where ``x`` is dense (as
+    torch's elementwise ops do), else contiguous. With ``count``, also the number of underflows and
+    overflows (else 0, 0). Raises RuntimeError where numba is missing (see :func:`available`).
     """
     kernel = _kernel()
     if kernel is None:
@@ -73,11 +74,29 @@ def round_nearest(x: torch.Tensor, mantissa_bits: int, min_normal: float, max_no
                            "to torch's casts without it")
     if x.dtype != torch.float32 or x.device.type != "cpu":
         raise TypeError(f"round_nearest expects an FP32 CPU tensor, got {x.dtype} on {x.device}")
-    source = x.detach().contiguous()
-    out = torch.empty_like(source)
+    source = x.detach()
+    if not _dense(source):
+        source = source.contiguous()  # a view with gaps (a slice): copied first
+    out = torch.empty_strided(source.shape, source.stride())
     if source.numel() == 0:
         return out, 0, 0
-    values, rounded = source.numpy().reshape(-1), out.numpy().reshape(-1)
+    # Rounding is elementwise: the kernel walks the memory of a dense tensor in storage order, whatever its
+    # dimension order (a transposed gradient needs no copy).
+    values = source.as_strided((source.numel(),), (1,)).numpy()
+    rounded = out.as_strided((out.numel(),), (1,)).numpy()
     underflows, overflows = kernel(values, values.view(np.uint32), rounded, rounded.view(np.uint32),
                                    *_constants(mantissa_bits, min_normal, max_normal, saturates), count)
     return out, int(underflows), int(overflows)
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """True when ``t``'s elements fill one block of memory without gaps or overlaps, in some dimension order."""
+    if t.is_contiguous():
+        return True
+    span = 1
+    for size, stride in sorted(((s, st) for s, st in zip(t.shape, t.stride(), strict=True) if s != 1),
+                               key=lambda d: d[1]):
+        if stride != span:
+            return False
+        span *= size
+    return True

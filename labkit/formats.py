@@ -466,8 +466,56 @@ class Quantise(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         if ctx.bwd.name is not NumberFormat.FP32:
-            grad = _quantise(grad.contiguous(), ctx.bwd, ctx.rounding, ctx.generator, ctx.counter, "bwd")
+            grad = _quantise(grad, ctx.bwd, ctx.rounding, ctx.generator, ctx.counter, "bwd")
         return grad, None, None, None, None, None
+
+
+class QuantiseTiles(torch.autograd.Function):
+    """``Quantise`` (forward format only, gradients passed through) for views that tile one contiguous tensor,
+    such as attention's q, k and v, three slices of the qkv projection: the tensor is rounded once, in
+    place of three copies of strided slices, and the views are taken again from the result.
+    ``QuantiseTiles.apply(fwd, rounding, counter, generator, *views)``; see :func:`quantise_tiles`."""
+
+    @staticmethod
+    def forward(ctx: Any, fwd: FormatSpec, rounding: Rounding, counter: OverflowCounter | None,
+                generator: torch.Generator | None, *views: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        base = views[0]._base
+        rounded = _quantise(base, fwd, rounding, generator, counter, "fwd")
+        offset = base.storage_offset()
+        return tuple(rounded.as_strided(v.shape, v.stride(), v.storage_offset() - offset) for v in views)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return (None, None, None, None, *grads)
+
+
+def quantise_tiles(views: tuple[torch.Tensor, ...], fwd: FormatSpec, rounding: Rounding,
+                   counter: OverflowCounter | None = None,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...] | None:
+    """``views`` rounded to ``fwd`` (gradients unchanged) by rounding the tensor they tile once, or None when
+    they do not exactly tile one contiguous tensor (then round each). The same values and counts either way."""
+    base = views[0]._base
+    if base is None or not base.is_contiguous() or any(v._base is not base for v in views):
+        return None
+    layout = tuple((tuple(v.shape), v.stride(), v.storage_offset() - base.storage_offset()) for v in views)
+    if not _tile(base.numel(), layout):
+        return None
+    return QuantiseTiles.apply(fwd, rounding, counter, generator, *views)
+
+
+@functools.lru_cache(maxsize=64)
+def _tile(numel: int, layout: tuple[tuple[tuple[int, ...], tuple[int, ...], int], ...]) -> bool:
+    """Whether views with these (shape, stride, offset) cover each of ``numel`` elements exactly once
+    (checked on a marker tensor once per layout: a model gives the same layout at every step)."""
+    if sum(math.prod(shape) for shape, _, _ in layout) != numel:
+        return False
+    marks = torch.zeros(numel, dtype=torch.int8)
+    try:
+        for shape, stride, offset in layout:
+            marks.as_strided(shape, stride, offset).add_(1)
+    except RuntimeError:  # out of bounds, or a view that overlaps itself
+        return False
+    return bool((marks == 1).all())
 
 
 def quantise_fwd_bwd(
@@ -642,7 +690,8 @@ def simulated_ops(ops: Ops, fwd: NumberFormat, bwd: NumberFormat, rounding: Roun
         return q_out(ops.embedding(ids, q_in(table)))
 
     def attention(q, k, v):
-        return q_out(ops.attention(q_in(q), q_in(k), q_in(v)))
+        tiles = None if fwd_spec is fp32 else quantise_tiles((q, k, v), fwd_spec, rounding, counter, generator)
+        return q_out(ops.attention(*(tiles or (q_in(q), q_in(k), q_in(v)))))
 
     @functools.wraps(ops.lstm)
     def lstm(x, weights, num_layers, training):

@@ -85,13 +85,15 @@ def test_non_contiguous_empty_and_wrong_inputs():
     args = (fs.mantissa_bits, fs.min_normal, fs.max_normal, fs.saturates)
     qkv = torch.randn(16, 64, 3 * 32) * 2.0 ** torch.randint(-14, 12, (16, 64, 96))
     views = [qkv.split(32, dim=2)[1].unflatten(2, (4, 8)).transpose(1, 2),  # attention's q, k, v are such views
-             qkv.split(32, dim=2)[2], qkv[0].t(), qkv[:, :, 5]]
-    for x in views:
+             qkv.split(32, dim=2)[2], qkv[:, :, 5]]
+    dense = [qkv[0].t(), qkv.transpose(0, 2), qkv.unflatten(2, (4, 24)).transpose(1, 2)]  # as transposed grads
+    for x in views + dense:
         assert not x.is_contiguous()
         q, under, over = fast_rounding.round_nearest(x, *args, count=True)
         _, under_c, over_c = fast_rounding.round_nearest(x.contiguous(), *args, count=True)
         assert q.shape == x.shape and torch.equal(q, x.to(fs.dtype).float())
         assert (under, over) == (under_c, over_c) and under > 0 and over > 0
+        assert q.stride() == (x.stride() if any(x is d for d in dense) else q.contiguous().stride())
     empty, under, over = fast_rounding.round_nearest(torch.empty(0, 3), *args)
     assert empty.shape == (0, 3) and (under, over) == (0, 0)
     with pytest.raises(TypeError, match="FP32 CPU tensor"):

@@ -84,3 +84,45 @@ def test_bias16_e5m2_flushes_fewer_standard_gradients_and_wider_models_flush_mor
         assert table[(256, fmt)] > 1.8 * table[(32, fmt)]
     unit = gradient_underflow(base.replace(scaling="unit"), widths=[256])["underflow"]
     assert (unit < 0.01).all()  # measured ≈1e-4: unit-scaled gradients sit far above either variant's smallest value
+
+
+@pytest.mark.parametrize("scaling", ["standard", "unit"])
+def test_attention_inputs_rounded_as_one_tensor_train_exactly_as_rounded_one_by_one(monkeypatch, make_config,
+                                                                                     scaling):
+    """Attention's q, k and v tile the qkv projection's output, which simulated FP8 rounds once
+    (formats.quantise_tiles): the same losses, gradients and counts as rounding the three views."""
+    from labkit import formats
+
+    config = make_config(scaling=scaling, format="fp8-e4m3", steps=4, log_every=1)
+    results = []
+    real = formats.quantise_tiles
+    monkeypatch.setattr(formats, "quantise_tiles", lambda *a, **k: results.append(real(*a, **k)) or results[-1])
+    fused = train(config).metrics
+    assert results and all(r is not None for r in results)  # every attention call took the one-tensor path
+    monkeypatch.setattr(formats, "quantise_tiles", lambda *a, **k: None)  # each view rounded on its own
+    separate = train(config).metrics
+    for column in ("train_loss", "grad_norm", "fmt_underflow_fwd", "fmt_underflow_bwd", "fmt_values_fwd"):
+        assert fused[column].tolist() == separate[column].tolist(), column
+
+
+def test_quantise_tiles_only_takes_views_that_tile_one_tensor():
+    import torch
+
+    from labkit.config import NumberFormat, Rounding
+    from labkit.formats import OverflowCounter, quantise_fwd_bwd, quantise_tiles, spec
+
+    fs = spec(NumberFormat.FP8_E4M3)
+    qkv = (torch.randn(2, 8, 96) * 30).requires_grad_()
+    q, k, v = (t.view(2, 8, 4, 8).transpose(1, 2) for t in qkv.split(32, dim=2))
+    tiled, separate = OverflowCounter(), OverflowCounter()
+    tiles = quantise_tiles((q, k, v), fs, Rounding.NEAREST, tiled)
+    ones = [quantise_fwd_bwd(t, NumberFormat.FP8_E4M3, NumberFormat.FP32, counter=separate) for t in (q, k, v)]
+    assert all(torch.equal(a, b) for a, b in zip(tiles, ones, strict=True))
+    assert tiled.snapshot_and_reset() == separate.snapshot_and_reset()
+    weights = torch.randn(3, *q.shape)
+    grad_tiles = torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, tiles, strict=True)), qkv)[0]
+    grad_ones = torch.autograd.grad(sum((w * t).sum() for w, t in zip(weights, ones, strict=True)), qkv)[0]
+    assert torch.equal(grad_tiles, grad_ones)
+    assert quantise_tiles((q, k), fs, Rounding.NEAREST) is None  # leaves a third of the tensor out
+    assert quantise_tiles((q, q, v), fs, Rounding.NEAREST) is None  # covers a part twice
+    assert quantise_tiles((q, k, v.detach().clone()), fs, Rounding.NEAREST) is None  # not one tensor
