@@ -7,6 +7,8 @@
 4. the peer: Graphcore's ``unit-scaling`` library's u-μP decoder vs its plain counterpart and its FP8
    simulation vs the plain model, same size and batches, timed in the same rotation as 3 (Transformer).
 
+``--profile VARIANT`` prints instead where one variant's extra time goes, op by op (:func:`profile_extra`).
+
 Contenders alternate (engine vs bare loop by rounds, configs step by step) so that a slow spell of a
 shared machine hits them alike.
 """
@@ -118,6 +120,42 @@ def compare_configs(configs: dict[str, RunConfig], steps: int,
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
+def profile_extra(config: RunConfig, reference: RunConfig, steps: int = 20, rows: int = 15) -> list[dict]:
+    """What ``config``'s step spends beyond ``reference``'s: PyTorch's profiler on both bare loops (after 5
+    warm-up steps), self CPU time per op name in ms per step, the ``rows`` largest differences first. The
+    profiler adds its own overhead to every op, so the totals read a little higher than the timed steps;
+    the differences are what to read. Custom autograd nodes (``Quantise``, ...) include the work they do
+    outside PyTorch ops (the FP8 rounding kernel)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def per_op(c: RunConfig) -> dict[str, tuple[float, float]]:
+        step = bare_step(c)
+        for _ in range(5):
+            step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        return {e.key: (e.self_cpu_time_total / 1e3 / steps, e.count / steps) for e in prof.key_averages()}
+
+    ours, base = per_op(config), per_op(reference)
+    names = sorted(set(ours) | set(base), key=lambda n: -(ours.get(n, (0, 0))[0] - base.get(n, (0, 0))[0]))
+    table = [{"op": n, "reference_ms": base.get(n, (0.0, 0))[0], "ms": ours.get(n, (0.0, 0))[0],
+              "extra_ms": ours.get(n, (0.0, 0))[0] - base.get(n, (0.0, 0))[0],
+              "calls": ours.get(n, (0.0, 0))[1], "reference_calls": base.get(n, (0.0, 0))[1]} for n in names]
+    total = {"op": "total", "reference_ms": sum(v[0] for v in base.values()), "ms": sum(v[0] for v in ours.values()),
+             "calls": sum(v[1] for v in ours.values()), "reference_calls": sum(v[1] for v in base.values())}
+    total["extra_ms"] = total["ms"] - total["reference_ms"]
+    return [total, *table[:rows]]
+
+
+def _print_profile(name: str, reference: str, table: list[dict]) -> None:
+    print(f"\n== profile: what {name} adds to {reference} (self CPU ms per step under the profiler)")
+    print(f"{'op':52s}{'reference':>10s}{name:>14s}{'extra':>9s}{'calls':>13s}")
+    for row in table:
+        calls = f"{row['reference_calls']:.0f} → {row['calls']:.0f}"
+        print(f"{row['op'][:51]:52s}{row['reference_ms']:10.2f}{row['ms']:14.2f}{row['extra_ms']:+9.2f}{calls:>13s}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m labkit.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="transformer", choices=["transformer", "lstm", "mlp"])
@@ -127,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="time the scaling/format/peer steps by wall clock (default) or by the CPU time of "
                              "the training thread (steadier when other processes load the machine)")
+    parser.add_argument("--profile", metavar="VARIANT", choices=list(_variants()),
+                        help="instead of the tables: where VARIANT's extra step time goes, op by op, against the "
+                             "variant it is compared with (standard fp32; an FP8 variant: its own FP32)")
     parser.add_argument("--no-peer", dest="peer", action="store_false",
                         help=f"skip the comparison with Graphcore's {PEER} (Transformer only)")
     args = parser.parse_args(argv)
@@ -134,6 +175,12 @@ def main(argv: list[str] | None = None) -> None:
     config = RunConfig(arch=args.arch, threads=args.threads)
     print(f"model: {config.arch.value}, width {config.width}, depth {config.depth}, "
           f"batch {config.batch_size}×{config.seq_len}, {args.threads} thread(s)")
+    if args.profile:
+        reference = _reference_of(args.profile)
+        table = profile_extra(config.replace(**_variants()[args.profile]),
+                              config.replace(**_variants()[reference]), steps=args.steps)
+        _print_profile(args.profile, reference, table)
+        return
 
     result = compare_engine(config, args.steps, args.rounds)
     peak = matmul_flops_per_s()
@@ -208,6 +255,13 @@ def _variants() -> dict[str, dict[str, str]]:
         "unit fp8": {"scaling": "unit", "format": "fp8-e4m3"},
         "u-mup fp8": {"scaling": "u-mup", "format": "fp8-e4m3"},
     }
+
+
+def _reference_of(variant: str) -> str:
+    """The variant a ratio compares ``variant`` with: its own FP32 for the FP8 ones of unit and u-mup (as the
+    targets state them), else standard FP32."""
+    scaling, fmt = variant.split()
+    return f"{scaling} fp32" if fmt != "fp32" and scaling != "standard" else "standard fp32"
 
 
 def _implemented(config: RunConfig) -> bool:

@@ -61,3 +61,19 @@ def test_cpu_clock_ignores_time_the_thread_spends_off_the_cpu() -> None:
     wall = bench.interleaved_step_times({"nap": nap}, steps=2, warmup=0)["nap"]
     cpu = bench.interleaved_step_times({"nap": nap}, steps=2, warmup=0, clock=time.thread_time)["nap"]
     assert min(wall) >= 0.02 and max(cpu) < 0.01
+
+
+def test_profile_shows_where_a_variants_extra_time_goes() -> None:
+    config = RunConfig(**TINY, scaling="unit")
+    table = bench.profile_extra(config.replace(format="fp8-e4m3"), config, steps=2, rows=40)
+    total, rows = table[0], {row["op"]: row for row in table[1:]}
+    assert total["op"] == "total" and total["calls"] > total["reference_calls"]
+    assert rows["Quantise"]["reference_calls"] == 0 and rows["Quantise"]["calls"] > 0  # the rounding nodes
+    assert rows["Quantise"]["extra_ms"] == rows["Quantise"]["ms"] > 0
+    extras = [row["extra_ms"] for row in table[1:]]
+    assert extras == sorted(extras, reverse=True)
+
+
+def test_profile_compares_each_variant_with_what_its_target_names() -> None:
+    assert bench._reference_of("unit fp8") == "unit fp32" and bench._reference_of("u-mup fp8") == "u-mup fp32"
+    assert bench._reference_of("standard fp8") == "standard fp32" == bench._reference_of("unit fp32")
