@@ -45,7 +45,7 @@ app: $(STAMP)
 	$(BIN)/python -m labkit.ui.app
 
 # Two test processes (pytest-xdist) on the two cores of the target machine; the browser tests stay on one of them
-# and a notebook's cells in one kernel (xdist groups, tests/conftest.py and conftest.py). PYTEST_JOBS= runs serially.
+# and a notebook's cells in one kernel (the groups: conftest.py). PYTEST_JOBS= runs the suite in one process.
 PYTEST_JOBS ?= -n 2 --dist loadgroup
 test: $(STAMP)
 	$(BIN)/python tests/browser/ensure_chromium.py
