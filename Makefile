@@ -44,9 +44,12 @@ lab: $(STAMP)
 app: $(STAMP)
 	$(BIN)/python -m labkit.ui.app
 
+# Two test processes (pytest-xdist) on the two cores of the target machine; the browser tests stay on one of them
+# and a notebook's cells in one kernel (the groups: conftest.py). PYTEST_JOBS= runs the suite in one process.
+PYTEST_JOBS ?= -n 2 --dist loadgroup
 test: $(STAMP)
 	$(BIN)/python tests/browser/ensure_chromium.py
-	LABKIT_SMOKE=1 $(BIN)/python -m pytest
+	LABKIT_SMOKE=1 $(BIN)/python -m pytest $(PYTEST_JOBS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check labkit tests

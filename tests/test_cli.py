@@ -1,30 +1,26 @@
 import json
-import subprocess
-import sys
 
 import pytest
 
 from labkit.__main__ import main, parse_number
 
 
-def run_cli(*args, runs_dir):
-    return subprocess.run([sys.executable, "-m", "labkit", *args, "--runs-dir", str(runs_dir)],
-                          capture_output=True, text=True, timeout=300)
-
-
+# In-process (``python -m labkit`` as a process is tested in test_sweep.py and test_store.py): a process start
+# costs seconds of imports.
 @pytest.mark.parametrize("arch", ["transformer", "lstm"])
-def test_train_json_summary_and_runs_listing(arch, tmp_path):
-    result = run_cli("train", "--arch", arch, "--width", "32", "--steps", "60", "--eval-every", "30",
-                     "--lr", "2**-6", "--json", runs_dir=tmp_path)
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout)
+def test_train_json_summary_and_runs_listing(arch, tmp_path, capsys):
+    code = main(["train", "--arch", arch, "--width", "32", "--steps", "60", "--eval-every", "30", "--lr", "2**-6",
+                 "--json", "--runs-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    summary = json.loads(out)
     assert summary["status"] == "finished" and summary["steps"] == 60
     assert summary["final_val_loss"] < 3.3  # below the corpus's unigram entropy (3.31 nats)
     for key in ("run_id", "final_train_loss", "tokens_per_s", "peak_mem_total", "peak_rss"):
         assert summary[key] is not None
-    assert "step/s" in result.stderr  # tqdm progress bar
-    listing = run_cli("runs", runs_dir=tmp_path)
-    assert summary["run_id"] in listing.stdout
+    assert "step/s" in err  # tqdm progress bar
+    assert main(["runs", "--runs-dir", str(tmp_path)]) == 0
+    assert summary["run_id"] in capsys.readouterr().out
 
 
 def test_every_config_field_is_an_option(capsys):

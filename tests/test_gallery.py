@@ -28,15 +28,14 @@ PLOTLY_JS_BANNER = b"* plotly.js v"
 
 
 @pytest.fixture(scope="module")
-def site(request, tmp_path_factory):
+def site(gallery_build, tmp_path_factory):
     """The smoke-mode site: the build ``conftest.py`` started in the background at collection, or a new one."""
-    started = getattr(request.config, "gallery_build", None)
-    if started is None:
+    if gallery_build is None:
         return build(tmp_path_factory.mktemp("gallery"), smoke=True, jobs=2, log=lambda _: None)
-    proc, out = started
-    proc.wait(timeout=1800)
-    log = (out.parent / "build.log").read_text(encoding="utf-8", errors="replace")
-    assert (out / "manifest.json").exists(), f"the gallery build wrote no site (exit {proc.returncode}):\n{log[-3000:]}"
+    out = gallery_build / "site"
+    status = (gallery_build / "exit_status").read_text().strip()
+    log = (gallery_build / "build.log").read_text(encoding="utf-8", errors="replace")
+    assert (out / "manifest.json").exists(), f"the gallery build wrote no site (exit {status}):\n{log[-3000:]}"
     return Site.load(out)
 
 

@@ -235,13 +235,13 @@ def test_cli_sweep_json_and_resume(tmp_path, capsys):
     args = ["sweep", "--width", "32,64", "--heads", "2", "--depth", "1", "--seq-len", "32", "--batch-size", "8",
             "--lr", "2**-8..2**-6", "--steps", "6", "--eval-every", "3", "--eval-batches", "2",
             "--executor", "sequential", "--name", "cli", "--runs-dir", str(tmp_path)]
-    result = subprocess.run([sys.executable, "-m", "labkit", *args, "--json"], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
-    rows = json.loads(result.stdout)
+    code = main([*args, "--json"])  # in-process (the two-driver test below runs `python -m labkit sweep`)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    rows = json.loads(out)
     assert [(r["width"], r["lr"]) for r in rows] == [(w, 2.0**e) for w in (32, 64) for e in (-8, -7, -6)]
     assert all(r["status"] == "finished" and r["final_val_loss"] > 0 for r in rows)
-    assert "6/6" in result.stderr  # the progress bar
+    assert "6/6" in err  # the progress bar
     # the same command again trains nothing and prints the best-LR table
     assert main(args) == 0
     out, err = capsys.readouterr()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -63,8 +64,10 @@ def repo_notebook_lab(tmp_path: Path, chromium: str) -> Iterator[Server]:
             yield server
         finally:
             server.stop()  # first, so no autosave lands after the restore
-    finally:
-        path.write_bytes(original)
+    finally:  # in one step (make test runs other tests beside this one, and they read the notebooks)
+        restore = path.with_name(f".{path.name}.restore")
+        restore.write_bytes(original)
+        os.replace(restore, path)
     assert path.read_bytes() == original
 
 
