@@ -44,6 +44,11 @@ AUDITED = {
     "torch.set_rng_state",
     "torch.unique",
     "torch.empty_like",  # torch 1.x
+    "torch.empty_strided",
+    "torch.int8",
+    "torch.profiler.profile",  # torch 1.8.1 (the bench's --profile)
+    "torch.profiler.ProfilerActivity",
+    "torch.profiler.ProfilerActivity.CPU",
     "torch.Generator",
     "torch.Tensor",
     "torch.__version__",
