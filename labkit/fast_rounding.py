@@ -84,7 +84,7 @@ def round_nearest(x: torch.Tensor, mantissa_bits: int, min_normal: float, max_no
     # dimension order (a transposed gradient needs no copy).
     values = source.as_strided((source.numel(),), (1,)).numpy()
     rounded = out.as_strided((out.numel(),), (1,)).numpy()
-    underflows, overflows = kernel(values, values.view(np.uint32), rounded, rounded.view(np.uint32),
+    underflows, overflows = kernel(values, values.view(np.uint32), rounded,
                                    *_constants(mantissa_bits, min_normal, max_normal, saturates), count)
     return out, int(underflows), int(overflows)
 
