@@ -405,6 +405,11 @@ def quantise(
     return _quantise(x, spec(fmt), Rounding(rounding), generator, counter, kind)
 
 
+def _kernel_rounds(x: torch.Tensor, fs: FormatSpec, rounding: Rounding) -> bool:
+    """Whether :func:`_quantise` rounds ``x`` with the one-pass kernel (FP8, round-to-nearest, CPU, numba)."""
+    return rounding is Rounding.NEAREST and fs.bits == 8 and x.device.type == "cpu" and fast_rounding.available()
+
+
 def _quantise(x: torch.Tensor, fs: FormatSpec, rounding: Rounding, generator: torch.Generator | None,
               counter: OverflowCounter | None, kind: Kind) -> torch.Tensor:
     """:func:`quantise` with its format and rounding already resolved (the per-call path of the models)."""
@@ -413,7 +418,7 @@ def _quantise(x: torch.Tensor, fs: FormatSpec, rounding: Rounding, generator: to
     if x.dtype != torch.float32:
         raise TypeError(f"quantise expects a float32 tensor, got {x.dtype}")
     x = x.detach()
-    if rounding is Rounding.NEAREST and fs.bits == 8 and x.device.type == "cpu" and fast_rounding.available():
+    if _kernel_rounds(x, fs, rounding):
         # One pass, counts included, the same values as the casts below (labkit.fast_rounding).
         q, underflows, overflows = fast_rounding.round_nearest(x, fs.mantissa_bits, fs.min_normal, fs.max_normal,
                                                                fs.saturates, count=counter is not None)
@@ -466,6 +471,10 @@ class Quantise(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         if ctx.bwd.name is not NumberFormat.FP32:
+            if not _kernel_rounds(grad, ctx.bwd, ctx.rounding):
+                # The torch path draws stochastic rounding's random numbers in memory order: contiguous keeps
+                # the draws where they were. The kernel reads any dense layout as it is.
+                grad = grad.contiguous()
             grad = _quantise(grad, ctx.bwd, ctx.rounding, ctx.generator, ctx.counter, "bwd")
         return grad, None, None, None, None, None
 
@@ -493,9 +502,11 @@ def quantise_tiles(views: tuple[torch.Tensor, ...], fwd: FormatSpec, rounding: R
                    counter: OverflowCounter | None = None,
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...] | None:
     """``views`` rounded to ``fwd`` (gradients unchanged) by rounding the tensor they tile once, or None when
-    they do not exactly tile one contiguous tensor (then round each). The same values and counts either way."""
+    they do not exactly tile one contiguous tensor, or when rounding is stochastic (the random draws would
+    fall on other elements than when each view is rounded): then round each. The same values and counts."""
     base = views[0]._base
-    if base is None or not base.is_contiguous() or any(v._base is not base for v in views):
+    if (rounding is not Rounding.NEAREST or base is None or not base.is_contiguous()
+            or any(v._base is not base for v in views)):
         return None
     layout = tuple((tuple(v.shape), v.stride(), v.storage_offset() - base.storage_offset()) for v in views)
     if not _tile(base.numel(), layout):

@@ -127,3 +127,21 @@ def test_quantise_tiles_only_takes_views_that_tile_one_tensor():
     assert quantise_tiles((q, k), fs, Rounding.NEAREST) is None  # leaves a third of the tensor out
     assert quantise_tiles((q, q, v), fs, Rounding.NEAREST) is None  # covers a part twice
     assert quantise_tiles((q, k, v.detach().clone()), fs, Rounding.NEAREST) is None  # not one tensor
+    assert quantise_tiles((q, k, v), fs, Rounding.STOCHASTIC) is None  # draws would land on other elements
+
+
+def test_stochastic_gradient_rounding_draws_in_the_gradients_logical_order():
+    """A transposed gradient is rounded as its contiguous copy would be: the same random draw per element."""
+    import torch
+
+    from labkit.config import NumberFormat, Rounding
+    from labkit.formats import quantise, quantise_fwd_bwd
+
+    x = torch.randn(8, 16, requires_grad=True)
+    upstream = torch.randn(16, 8).t()  # dense, not contiguous
+    y = quantise_fwd_bwd(x, NumberFormat.FP32, NumberFormat.FP8_E5M2, Rounding.STOCHASTIC,
+                         generator=torch.Generator().manual_seed(3))
+    (grad,) = torch.autograd.grad(y, x, upstream)
+    expected = quantise(upstream.contiguous(), NumberFormat.FP8_E5M2, Rounding.STOCHASTIC,
+                        torch.Generator().manual_seed(3))
+    assert torch.equal(grad, expected)
