@@ -49,6 +49,11 @@ AUDITED = {
     "torch.profiler.profile",  # torch 1.8.1 (the bench's --profile)
     "torch.profiler.ProfilerActivity",
     "torch.profiler.ProfilerActivity.CPU",
+    "torch.addmm",  # torch 1.x (alpha/beta scale the fast unit-scaled linear)
+    "torch.broadcast_shapes",  # torch 1.8
+    "torch.native_layer_norm",  # torch 1.x, with its backward (the unit-scaled layer norm in one node)
+    "torch.ops.aten.native_layer_norm_backward",
+    "torch.Size",
     "torch.Generator",
     "torch.Tensor",
     "torch.__version__",

@@ -25,15 +25,36 @@ from labkit.scaling import ops as U
 from labkit.scaling.base import ScalingMethod
 
 
+class _ScaledSum(torch.autograd.Function):
+    """``(a + b) × scale``; each input's gradient is the incoming one summed over the dims it was broadcast
+    along, × sqrt(its size / the output's size) (1 where it was not broadcast)."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, b: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        ctx.shapes = a.shape, b.shape
+        return torch.add(a, b).mul_(scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        return (*(_summed_grad(grad, shape) for shape in ctx.shapes), None)
+
+
+def _summed_grad(grad: Tensor, shape: torch.Size) -> Tensor:
+    summed = grad.sum_to_size(shape)
+    if summed.numel() == grad.numel():  # not broadcast: grad itself, or a view of it (never scaled in place)
+        return summed
+    return summed.mul_((summed.numel() / grad.numel()) ** 0.5)
+
+
 def add(a: Tensor, b: Tensor) -> Tensor:
     """Sum of two independent unit-scale tensors: fwd × 2^-1/2 (unit variance again), grads × 1.
 
-    When ``b`` is broadcast over ``a`` (position embeddings over the batch), its gradient sums
-    ``a.numel() / b.numel()`` unit-scale terms, so it is scaled back by the square root of that count.
+    When one is broadcast over the other (position embeddings over the batch), its gradient sums
+    ``output.numel() / its numel()`` unit-scale terms, so it is scaled back by the square root of that
+    count. One autograd node; :func:`labkit.scaling.reference.add` is the same op written with
+    ``scale_fwd``/``scale_bwd``.
     """
-    if b.numel() < a.numel():
-        b = U.scale_bwd(b, (b.numel() / a.numel()) ** 0.5)
-    return U.scale_fwd(a + b, 2**-0.5)
+    return _ScaledSum.apply(a, b, 2**-0.5)
 
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
