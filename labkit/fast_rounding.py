@@ -75,18 +75,22 @@ def round_nearest(x: torch.Tensor, mantissa_bits: int, min_normal: float, max_no
     if x.dtype != torch.float32 or x.device.type != "cpu":
         raise TypeError(f"round_nearest expects an FP32 CPU tensor, got {x.dtype} on {x.device}")
     source = x.detach()
-    if not _dense(source):
-        source = source.contiguous()  # a view with gaps (a slice): copied first
-    out = torch.empty_strided(source.shape, source.stride())
+    contiguous = source.is_contiguous()
+    if not contiguous and not _dense(source):
+        source, contiguous = source.contiguous(), True  # a view with gaps (a slice): copied first
+    out = torch.empty_like(source)  # a dense input's layout (torch's preserve_format)
     if source.numel() == 0:
         return out, 0, 0
     # Rounding is elementwise: the kernel walks the memory of a dense tensor in storage order, whatever its
     # dimension order (a transposed gradient needs no copy).
-    values = source.as_strided((source.numel(),), (1,)).numpy()
-    rounded = out.as_strided((out.numel(),), (1,)).numpy()
+    if contiguous:
+        values, rounded = source.numpy().reshape(-1), out.numpy().reshape(-1)
+    else:
+        values = source.as_strided((source.numel(),), (1,)).numpy()
+        rounded = out.as_strided((out.numel(),), (1,)).numpy()
     underflows, overflows = kernel(values, values.view(np.uint32), rounded,
                                    *_constants(mantissa_bits, min_normal, max_normal, saturates), count)
-    return out, int(underflows), int(overflows)
+    return out, underflows, overflows
 
 
 def _dense(t: torch.Tensor) -> bool:
