@@ -10,7 +10,10 @@
 ``--profile VARIANT`` prints instead where one variant's extra time goes, op by op (:func:`profile_extra`).
 
 Contenders alternate (engine vs bare loop by rounds, configs step by step) so that a slow spell of a
-shared machine hits them alike.
+shared machine hits them alike. A ratio is the median, over turns, of one contender's step time over the
+reference's in the same turn (a paired comparison): on this machine the CPU runs slower by up to a third
+for spells of a second or so, which moves medians of separate steps by several percent, but leaves the
+ratio of two steps taken a few milliseconds apart nearly unchanged.
 """
 
 from __future__ import annotations
@@ -97,11 +100,12 @@ def compare_engine(config: RunConfig, steps: int, rounds: int) -> dict[str, floa
     bare: list[float] = []
     engine: list[float] = []
     trainer = None
+    warmup = min(5, (steps - 1) // 2)  # steps not counted (the engine gives steps - 1 intervals)
     for _ in range(rounds):
         step = bare_step(config)
-        bare += [_timed(step) for _ in range(steps)][5:]  # drop warm-up steps
+        bare += [_timed(step) for _ in range(steps)][warmup:]
         times, trainer = engine_step_times(config, steps)
-        engine += times[5:]
+        engine += times[warmup:]
     bare_median, engine_median = statistics.median(bare), statistics.median(engine)
     tokens = config.batch_size * config.seq_len
     flops = trainer.run.info["flops_per_step"]
@@ -112,12 +116,20 @@ def compare_engine(config: RunConfig, steps: int, rounds: int) -> dict[str, floa
 
 def compare_configs(configs: dict[str, RunConfig], steps: int,
                     others: dict[str, Callable[[], None]] | None = None,
-                    clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
-    """Median bare step time of each config (and of each of ``others``, step functions) in ms, all measured
-    interleaved in one rotation (first entry is the reference)."""
-    contenders = {**configs, **(others or {})}
-    times = interleaved_step_times(contenders, steps, clock=clock)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+                    clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Bare step times (seconds, one per turn) of each config and of each of ``others`` (step functions),
+    all measured interleaved in one rotation; read them with :func:`median_ms` and :func:`paired_ratio`."""
+    return interleaved_step_times({**configs, **(others or {})}, steps, clock=clock)
+
+
+def median_ms(times: list[float]) -> float:
+    """The median of step times in seconds, in milliseconds."""
+    return 1e3 * statistics.median(times)
+
+
+def paired_ratio(times: list[float], reference: list[float]) -> float:
+    """Median over turns of ``times[i] / reference[i]`` (step times taken in the same turn of a rotation)."""
+    return statistics.median(t / r for t, r in zip(times, reference, strict=True))
 
 
 def profile_extra(config: RunConfig, reference: RunConfig, steps: int = 20, rows: int = 15) -> list[dict]:
@@ -159,7 +171,7 @@ def _print_profile(name: str, reference: str, table: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m labkit.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="transformer", choices=["transformer", "lstm", "mlp"])
-    parser.add_argument("--steps", type=int, default=40, help="steps per round and contender")
+    parser.add_argument("--steps", type=_at_least_two, default=40, help="steps per round and contender (≥ 2)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
@@ -201,10 +213,12 @@ def main(argv: list[str] | None = None) -> None:
     clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     times = compare_configs(available, args.steps * args.rounds, {f"peer {n}": f for n, f in peer.items()}, clock)
     reference = times["standard fp32"]
-    print("\n== scaling methods and simulated formats (bare loop, vs standard fp32)"
-          + (", CPU time of the training thread" if args.clock == "cpu" else ""))
+    print("\n== scaling methods and simulated formats (bare loop, vs standard fp32; × is the median of paired "
+          "ratios)" + (", CPU time of the training thread" if args.clock == "cpu" else ""))
     for name in available:
-        print(f"{name:28s}{times[name]:8.2f} ms  {times[name] / reference:6.2f}×")
+        own = _reference_of(name)
+        vs_own = f"   {paired_ratio(times[name], times[own]):5.2f}× vs {own}" if own != "standard fp32" else ""
+        print(f"{name:28s}{median_ms(times[name]):8.2f} ms  {paired_ratio(times[name], reference):6.2f}×{vs_own}")
     for name in sorted(set(variants) - set(available)):
         print(f"{name:28s}    (not implemented)")
     version = peer_version()
@@ -213,6 +227,12 @@ def main(argv: list[str] | None = None) -> None:
         print(why_no_peer)
     else:
         _print_peer({n: times[f"peer {n}"] for n in peer}, times)
+
+
+def _at_least_two(text: str) -> int:
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of steps, at least 2")
+    return int(text)
 
 
 def _peer_steps(config: RunConfig, wanted: bool) -> tuple[dict[str, Callable[[], None]], str | None]:
@@ -227,7 +247,7 @@ def _peer_steps(config: RunConfig, wanted: bool) -> tuple[dict[str, Callable[[],
     return peer_steps(config), None
 
 
-def _print_peer(peer: dict[str, float], ours: dict[str, float]) -> None:
+def _print_peer(peer: dict[str, list[float]], ours: dict[str, list[float]]) -> None:
     """The library's ratios (u-μP decoder vs its plain counterpart, ``simulate_format`` FP8 vs the same
     model in FP32) beside labkit's for the same comparison."""
     print("its TransformerDecoder (RMS norm, SwiGLU) vs the same model in plain PyTorch; same size and batches;")
@@ -240,9 +260,9 @@ def _print_peer(peer: dict[str, float], ours: dict[str, float]) -> None:
     ]
     print(f"{'':28s}{'step':>11s}  {'peer':>6s}   {'labkit, same comparison':s}")
     for row, row_ref, ours_row, ours_ref in comparisons:
-        mine = (f"{ours[ours_row] / ours[ours_ref]:6.2f}×  ({ours_row} vs {ours_ref})"
+        mine = (f"{paired_ratio(ours[ours_row], ours[ours_ref]):6.2f}×  ({ours_row} vs {ours_ref})"
                 if ours_row in ours and ours_ref in ours else "")
-        print(f"{row:28s}{peer[row]:8.2f} ms  {peer[row] / peer[row_ref]:6.2f}×   {mine}")
+        print(f"{row:28s}{median_ms(peer[row]):8.2f} ms  {paired_ratio(peer[row], peer[row_ref]):6.2f}×   {mine}")
 
 
 def _variants() -> dict[str, dict[str, str]]:

@@ -74,8 +74,9 @@ def _group_name(group: dict[str, Any], index: int) -> str:
 class UpdateMeter:
     """Per optimizer group: the effective learning rate and ‖ΔW‖/‖W‖ of one step's update.
 
-    Cheap enough for every logged step: :meth:`before_step` copies the parameters (one ``foreach`` copy),
-    :meth:`after_step` takes the norms of the differences. Call both only on steps you log.
+    Cheap enough for every logged step: :meth:`before_step` copies the parameters into buffers kept for the
+    run (one ``foreach`` copy, nothing allocated) and takes their norms; :meth:`after_step` subtracts the new
+    values in place and takes the norms of the differences. Call both only on steps you log.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
@@ -84,24 +85,26 @@ class UpdateMeter:
         params = [[p for p in g["params"] if p.requires_grad] for g in optimizer.param_groups]
         self._flat = [p for ps in params for p in ps]
         self._group_of = torch.tensor([i for i, ps in enumerate(params) for _ in ps], dtype=torch.long)
-        self._before: list[torch.Tensor] | None = None
+        self._before = [torch.empty_like(p) for p in self._flat]
+        self._before_norms: list[torch.Tensor] | None = None
 
     @torch.no_grad()
     def before_step(self) -> None:
-        self._before = torch._foreach_mul(self._flat, 1.0)  # a copy of every parameter
+        if self._flat:
+            torch._foreach_copy_(self._before, self._flat)
+        self._before_norms = torch._foreach_norm(self._flat) if self._flat else []
 
     @torch.no_grad()
     def after_step(self) -> dict[str, float]:
         """``eff_lr/<group>`` and ``rel_update/<group>`` for the step just taken."""
-        if self._before is None:
+        if self._before_norms is None:
             raise RuntimeError("UpdateMeter.after_step() called without before_step()")
-        before, self._before = self._before, None
+        before_norms, self._before_norms = self._before_norms, None
         squares = torch.zeros(2, len(self.names), dtype=torch.float64)
-        if self._flat:  # per group: Σ‖Δp‖² and Σ‖p‖², summed over its parameters in one pass each
-            deltas = torch._foreach_sub(self._flat, before)
-            for row, tensors in enumerate((deltas, before)):
-                norms = torch.stack(torch._foreach_norm(tensors)).double().cpu()
-                squares[row].index_add_(0, self._group_of, norms.square())
+        if self._flat:  # per group: Σ‖Δp‖² and Σ‖p‖², summed over its parameters
+            torch._foreach_sub_(self._before, self._flat)  # before - after: -Δp, the same norm
+            for row, norms in enumerate((torch._foreach_norm(self._before), before_norms)):
+                squares[row].index_add_(0, self._group_of, torch.stack(norms).double().cpu().square())
         delta_sq, weight_sq = squares.tolist()
         record = {}
         for name, group, d2, w2 in zip(self.names, self.optimizer.param_groups, delta_sq, weight_sq, strict=True):

@@ -4,6 +4,7 @@ never asserted.)"""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from labkit import bench, peer
@@ -77,3 +78,16 @@ def test_profile_shows_where_a_variants_extra_time_goes() -> None:
 def test_profile_compares_each_variant_with_what_its_target_names() -> None:
     assert bench._reference_of("unit fp8") == "unit fp32" and bench._reference_of("u-mup fp8") == "u-mup fp32"
     assert bench._reference_of("standard fp8") == "standard fp32" == bench._reference_of("unit fp32")
+
+
+def test_ratios_pair_the_steps_of_one_turn() -> None:
+    """A slow spell that hits every contender in the same turns leaves the paired ratio exact; the ratio of the
+    two medians is off when the spell covers different shares of each list's middle."""
+    reference = [1.0, 1.0, 3.0, 3.0, 1.0]
+    contender = [1.1, 1.1, 3.3, 3.3, 1.1]  # always 1.1× the reference, in every turn
+    assert bench.paired_ratio(contender, reference) == pytest.approx(1.1)
+    skewed = [1.1, 3.3, 3.3, 3.3, 1.1]  # 1.1× in the first turns, 3.3× in turn 2
+    assert bench.paired_ratio(skewed, reference) == pytest.approx(1.1)
+    assert bench.median_ms(skewed) / bench.median_ms(reference) == pytest.approx(3.3)
+    with pytest.raises(ValueError):
+        bench.paired_ratio([1.0], [1.0, 2.0])

@@ -54,6 +54,8 @@ AUDITED = {
     "torch.native_layer_norm",  # torch 1.x, with its backward (the unit-scaled layer norm in one node)
     "torch.ops.aten.native_layer_norm_backward",
     "torch.Size",
+    "torch._foreach_copy_",  # the UpdateMeter's buffers; torch 2.1 (see RECENT)
+    "torch._foreach_sub_",
     "torch.Generator",
     "torch.Tensor",
     "torch.__version__",
@@ -179,6 +181,7 @@ RECENT = {
     "torch.utils.flop_counter.FlopCounterMode": ("2.1", "public module since 2.1"),
     "torch.nn.functional.scaled_dot_product_attention": ("2.0", "attention"),
     "torch._foreach_norm": ("1.13", "private; instrument.NormMeter"),
+    "torch._foreach_copy_": ("2.1", "private; coord.UpdateMeter copies the weights into its buffers"),
     "torch._amp_foreach_non_finite_check_and_unscale_": ("1.6", "private; LossScaler; CUDA kernel since 1.6 "
                                                           "(its CPU kernel is newer, version not checked)"),
 }
