@@ -196,8 +196,8 @@ class _ScaledLinear(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = _mm(grad_rows, weight, grad_x_scale).view(x.shape)
-        if ctx.needs_input_grad[1]:  # (Xᵀ G)ᵀ, as F.linear's backward: faster here than Gᵀ X
-            grad_w = _mm(x.reshape(-1, x.shape[-1]).t(), grad_rows, grad_w_scale).t()
+        if ctx.needs_input_grad[1]:  # Gᵀ X: laid out as the weight (a transposed result would be copied)
+            grad_w = _mm(grad_rows.t(), x.reshape(-1, x.shape[-1]), grad_w_scale)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_rows.sum(0).mul_(grad_w_scale)
         return grad_x, grad_w, grad_b, None, None, None
