@@ -53,6 +53,7 @@ AUDITED = {
     "torch.broadcast_shapes",  # torch 1.8
     "torch.native_layer_norm",  # torch 1.x, with its backward (the unit-scaled layer norm in one node)
     "torch.ops.aten.native_layer_norm_backward",
+    "torch.ops.aten.native_layer_norm_backward.default",
     "torch.Size",
     "torch._foreach_copy_",  # the UpdateMeter's buffers; torch 2.1 (see RECENT)
     "torch._foreach_sub_",

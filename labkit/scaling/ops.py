@@ -181,43 +181,47 @@ class _ScaledLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, out_scale: float,  # type: ignore[override]
                 grad_x_scale: float, grad_w_scale: float) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.scales, ctx.has_bias = (grad_x_scale, grad_w_scale), bias is not None
         rows = x.reshape(-1, x.shape[-1])
-        y = _mm(rows, weight.t(), out_scale) if bias is None else torch.addmm(
-            bias, rows, weight.t(), beta=out_scale, alpha=out_scale)
-        return y.view(*x.shape[:-1], weight.shape[0])
+        ctx.save_for_backward(rows, weight)
+        ctx.x_shape, ctx.has_bias = x.shape, bias is not None
+        ctx.grad_x_scale, ctx.grad_w_scale = grad_x_scale, grad_w_scale
+        if bias is None:  # beta = 0: addmm ignores its first argument
+            y = torch.addmm(rows.new_zeros(()), rows, weight.t(), beta=0.0, alpha=out_scale)
+        else:
+            y = torch.addmm(bias, rows, weight.t(), beta=out_scale, alpha=out_scale)
+        return y.view(x.shape[:-1] + weight.shape[:1])
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, weight = ctx.saved_tensors
-        grad_x_scale, grad_w_scale = ctx.scales
+        rows, weight = ctx.saved_tensors
         grad_rows = grad.reshape(-1, grad.shape[-1])
+        needs = ctx.needs_input_grad
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _mm(grad_rows, weight, grad_x_scale).view(x.shape)
-        if ctx.needs_input_grad[1]:  # Gᵀ X: laid out as the weight (a transposed result would be copied)
-            grad_w = _mm(grad_rows.t(), x.reshape(-1, x.shape[-1]), grad_w_scale)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_rows.sum(0).mul_(grad_w_scale)
+        # Each gradient is one addmm with beta = 0: its first argument (any tensor of the result's shape) is ignored.
+        if needs[0]:
+            grad_x = torch.addmm(rows, grad_rows, weight, beta=0.0, alpha=ctx.grad_x_scale).view(ctx.x_shape)
+        if needs[1]:  # Gᵀ X: laid out as the weight (a transposed result would be copied)
+            grad_w = torch.addmm(weight, grad_rows.t(), rows, beta=0.0, alpha=ctx.grad_w_scale)
+        if ctx.has_bias and needs[2]:
+            grad_b = grad_rows.sum(0).mul_(ctx.grad_w_scale)
         return grad_x, grad_w, grad_b, None, None, None
 
 
-def _mm(a: Tensor, b: Tensor, scale: float) -> Tensor:
-    """``scale · a @ b`` in one BLAS call (``addmm`` with beta 0 ignores its first argument)."""
-    if scale == 1.0:
-        return torch.mm(a, b)
-    return torch.addmm(a.new_zeros(()), a, b, beta=0.0, alpha=scale)
+@functools.lru_cache(maxsize=1024)
+def _linear_scales(constraint: Constraint, output_power: float, fan_out: int, fan_in: int,
+                   batch: int) -> tuple[float, float, float]:
+    """(output, grad_x, grad_w) scales of a linear op (a model asks for the same few at every step)."""
+    output_scale, grad_x_scale = _constrain(constraint, fan_in**-output_power, fan_out**-0.5)
+    return output_scale, grad_x_scale, batch**-0.5
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, constraint: Constraint,
             output_power: float, kernel: Any = None) -> Tensor:
     fan_out, fan_in = weight.shape
-    batch = x.numel() // fan_in
-    output_scale, grad_x_scale = _constrain(constraint, fan_in**-output_power, fan_out**-0.5)
+    scales = _linear_scales(constraint, output_power, fan_out, fan_in, x.numel() // fan_in)
     if kernel is not None:  # real FP8 (labkit.fp8.Fp8Matmul): the same scales, applied after the FP8 matmuls
-        return kernel.linear(x, weight, bias, output_scale, grad_x_scale, batch**-0.5)
-    return _ScaledLinear.apply(x, weight, bias, output_scale, grad_x_scale, batch**-0.5)
+        return kernel.linear(x, weight, bias, *scales)
+    return _ScaledLinear.apply(x, weight, bias, *scales)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
@@ -474,20 +478,23 @@ class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, shape: tuple[int, ...], weight: Tensor | None,  # type: ignore[override]
                 bias: Tensor | None, eps: float, grad_scale: float) -> Tensor:
-        out, mean, rstd = torch.native_layer_norm(x, shape, weight, bias, eps)
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        out, ctx.mean, ctx.rstd = torch.native_layer_norm(x, shape, weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias)
         ctx.shape, ctx.grad_scale = shape, grad_scale
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, weight, bias, mean, rstd = ctx.saved_tensors
+        x, weight, bias = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        grad_x, grad_w, grad_b = torch.ops.aten.native_layer_norm_backward(
-            grad.contiguous(), x, ctx.shape, mean, rstd, weight, bias, [needs[0], needs[2], needs[3]])
+        grad_x, grad_w, grad_b = _LAYER_NORM_BACKWARD(grad.contiguous(), x, ctx.shape, ctx.mean, ctx.rstd, weight,
+                                                      bias, (needs[0], needs[2], needs[3]))
         grad_w = None if grad_w is None else grad_w.mul_(ctx.grad_scale)
         grad_b = None if grad_b is None else grad_b.mul_(ctx.grad_scale)
         return grad_x, None, grad_w, grad_b, None, None
+
+
+_LAYER_NORM_BACKWARD = torch.ops.aten.native_layer_norm_backward.default
 
 
 def layer_norm(x: Tensor, normalized_shape: int | Sequence[int], weight: Tensor | None = None,
