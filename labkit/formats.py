@@ -479,6 +479,21 @@ class Quantise(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
+class QuantiseInputs(torch.autograd.Function):
+    """``Quantise`` with an FP32 backward for several tensors in one autograd node: each is rounded to ``fwd``
+    (in order, so stochastic rounding draws as one node per tensor would), gradients pass through.
+    ``QuantiseInputs.apply(fwd, rounding, counter, generator, *tensors)``: a matmul's input and weight."""
+
+    @staticmethod
+    def forward(ctx: Any, fwd: FormatSpec, rounding: Rounding, counter: OverflowCounter | None,
+                generator: torch.Generator | None, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(_quantise(t, fwd, rounding, generator, counter, "fwd") for t in tensors)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return (None, None, None, None, *grads)
+
+
 class QuantiseTiles(torch.autograd.Function):
     """``Quantise`` (forward format only, gradients passed through) for views that tile one contiguous tensor,
     such as attention's q, k and v, three slices of the qkv projection: the tensor is rounded once, in
@@ -693,7 +708,9 @@ def simulated_ops(ops: Ops, fwd: NumberFormat, bwd: NumberFormat, rounding: Roun
 
     def matmul(op):
         def run(x, weight, bias=None):
-            return q_out(op(q_in(x), q_in(weight), bias))
+            if fwd_spec is not fp32:  # input and weight rounded in one node
+                x, weight = QuantiseInputs.apply(fwd_spec, rounding, counter, generator, x, weight)
+            return q_out(op(x, weight, bias))
 
         return run
 
