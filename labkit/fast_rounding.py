@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["available", "round_nearest"]
+__all__ = ["available", "constants", "round_checked", "round_nearest"]
 
 
 @functools.cache
@@ -68,13 +68,17 @@ def round_nearest(x: torch.Tensor, mantissa_bits: int, min_normal: float, max_no
     torch's elementwise ops do), else contiguous. With ``count``, also the number of underflows and
     overflows (else 0, 0). Raises RuntimeError where numba is missing (see :func:`available`).
     """
-    kernel = _kernel()
-    if kernel is None:
+    if _kernel() is None:
         raise RuntimeError("labkit.fast_rounding needs numba (pip install numba); labkit.formats falls back "
                            "to torch's casts without it")
     if x.dtype != torch.float32 or x.device.type != "cpu":
         raise TypeError(f"round_nearest expects an FP32 CPU tensor, got {x.dtype} on {x.device}")
-    source = x.detach()
+    return round_checked(x.detach(), _constants(mantissa_bits, min_normal, max_normal, saturates), count)
+
+
+def round_checked(source: torch.Tensor, constants: tuple[Any, ...], count: bool) -> tuple[torch.Tensor, int, int]:
+    """:func:`round_nearest` for a caller that has checked its input (an FP32 CPU tensor that needs no
+    gradient) and the kernel (:func:`available`); ``constants`` from :func:`constants`. The models' path."""
     contiguous = source.is_contiguous()
     if not contiguous and not _dense(source):
         source, contiguous = source.contiguous(), True  # a view with gaps (a slice): copied first
@@ -88,9 +92,13 @@ def round_nearest(x: torch.Tensor, mantissa_bits: int, min_normal: float, max_no
     else:
         values = source.as_strided((source.numel(),), (1,)).numpy()
         rounded = out.as_strided((out.numel(),), (1,)).numpy()
-    underflows, overflows = kernel(values, values.view(np.uint32), rounded,
-                                   *_constants(mantissa_bits, min_normal, max_normal, saturates), count)
+    underflows, overflows = _kernel()(values, values.view(np.uint32), rounded, *constants, count)
     return out, underflows, overflows
+
+
+def constants(mantissa_bits: int, min_normal: float, max_normal: float, saturates: bool) -> tuple[Any, ...]:
+    """The kernel's constants for a format (cached): pass them to :func:`round_checked`."""
+    return _constants(mantissa_bits, min_normal, max_normal, saturates)
 
 
 def _dense(t: torch.Tensor) -> bool:

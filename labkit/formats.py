@@ -420,8 +420,9 @@ def _quantise(x: torch.Tensor, fs: FormatSpec, rounding: Rounding, generator: to
     x = x.detach()
     if _kernel_rounds(x, fs, rounding):
         # One pass, counts included, the same values as the casts below (labkit.fast_rounding).
-        q, underflows, overflows = fast_rounding.round_nearest(x, fs.mantissa_bits, fs.min_normal, fs.max_normal,
-                                                               fs.saturates, count=counter is not None)
+        q, underflows, overflows = fast_rounding.round_checked(
+            x, fast_rounding.constants(fs.mantissa_bits, fs.min_normal, fs.max_normal, fs.saturates),
+            count=counter is not None)
         if counter is not None:
             counter.record(kind, x.numel(), underflows, overflows)
         return q

@@ -70,8 +70,14 @@ def test_kernel_counts_what_the_torch_path_counts(fmt):
 
 def test_quantise_uses_the_kernel_for_fp8_round_to_nearest_on_the_cpu(monkeypatch):
     calls = []
-    real = fast_rounding.round_nearest
-    monkeypatch.setattr(fast_rounding, "round_nearest", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    real = fast_rounding.round_checked
+
+    def constants(fmt: NumberFormat) -> tuple:
+        fs = spec(fmt)
+        return fast_rounding.constants(fs.mantissa_bits, fs.min_normal, fs.max_normal, fs.saturates)
+
+    mantissa = {constants(f): spec(f).mantissa_bits for f in FP8}  # what each kernel call rounds to
+    monkeypatch.setattr(fast_rounding, "round_checked", lambda *a, **k: calls.append(mantissa[a[1]]) or real(*a, **k))
     x = torch.randn(64)
     quantise(x, NumberFormat.FP8_E4M3)
     quantise(x, NumberFormat.FP8_E5M2_BIAS16)
