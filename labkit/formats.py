@@ -51,15 +51,18 @@ Overflow semantics (the same for both rounding modes, and what torch 2.13's cast
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 
 from labkit import fast_rounding
 from labkit.config import LossScaling, NumberFormat, Rounding
 from labkit.models.layers import Ops
+from labkit.scaling.ops import scaled_linear
 
 __all__ = [
     "FormatSpec",
@@ -471,13 +474,47 @@ class Quantise(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        if ctx.bwd.name is not NumberFormat.FP32:
-            if not _kernel_rounds(grad, ctx.bwd, ctx.rounding):
-                # The torch path draws stochastic rounding's random numbers in memory order: contiguous keeps
-                # the draws where they were. The kernel reads any dense layout as it is.
-                grad = grad.contiguous()
-            grad = _quantise(grad, ctx.bwd, ctx.rounding, ctx.generator, ctx.counter, "bwd")
-        return grad, None, None, None, None, None
+        return _quantise_grad(grad, ctx.bwd, ctx.rounding, ctx.generator, ctx.counter), None, None, None, None, None
+
+
+def _quantise_grad(grad: torch.Tensor, fs: FormatSpec, rounding: Rounding, generator: torch.Generator | None,
+                   counter: OverflowCounter | None) -> torch.Tensor:
+    """A gradient rounded to ``fs`` (counted as ``"bwd"``), or ``grad`` itself for FP32."""
+    if fs.name is NumberFormat.FP32:
+        return grad
+    if not _kernel_rounds(grad, fs, rounding):
+        # The torch path draws stochastic rounding's random numbers in memory order: contiguous keeps
+        # the draws where they were. The kernel reads any dense layout as it is.
+        grad = grad.contiguous()
+    return _quantise(grad, fs, rounding, generator, counter, "bwd")
+
+
+class SimulatedMatmul:
+    """A matmul kernel that simulates a number format: its operands rounded to ``fwd``, the gradient arriving
+    at its output rounded to ``bwd``, the arithmetic in FP32 (what :func:`simulated_ops` does with three
+    autograd nodes, in one).
+
+    ``linear(x, weight, bias, out_scale, grad_x_scale, grad_w_scale)`` has the interface of the real FP8
+    kernel (``labkit.fp8.Fp8Matmul``): ``F.linear`` is ``linear(x, weight, bias)``, and the unit-scaled
+    ops take it as their ``kernel``. ``inputs`` and ``grad`` are the roundings
+    (:func:`labkit.scaling.ops.scaled_linear` calls them).
+    """
+
+    def __init__(self, fwd: FormatSpec, bwd: FormatSpec, rounding: Rounding,
+                 counter: OverflowCounter | None = None, generator: torch.Generator | None = None) -> None:
+        self.fwd, self.bwd, self.rounding, self.counter, self.generator = fwd, bwd, rounding, counter, generator
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, out_scale: float = 1.0,
+               grad_x_scale: float = 1.0, grad_w_scale: float = 1.0) -> torch.Tensor:
+        return scaled_linear(x, weight, bias, out_scale, grad_x_scale, grad_w_scale, rounding=self)
+
+    def inputs(self, x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The operands rounded to ``fwd``: the input, then the weight (the order stochastic draws follow)."""
+        return tuple(_quantise(t, self.fwd, self.rounding, self.generator, self.counter, "fwd") for t in (x, weight))
+
+    def grad(self, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient of the output, rounded to ``bwd``."""
+        return _quantise_grad(grad, self.bwd, self.rounding, self.generator, self.counter)
 
 
 class QuantiseInputs(torch.autograd.Function):
@@ -700,6 +737,7 @@ def simulated_ops(ops: Ops, fwd: NumberFormat, bwd: NumberFormat, rounding: Roun
     """
 
     fwd_spec, bwd_spec, fp32, rounding = spec(fwd), spec(bwd), spec(NumberFormat.FP32), Rounding(rounding)
+    kernel = SimulatedMatmul(fwd_spec, bwd_spec, rounding, counter, generator)
 
     def q_in(t: torch.Tensor) -> torch.Tensor:
         return t if fwd_spec is fp32 else Quantise.apply(t, fwd_spec, fp32, rounding, counter, generator)
@@ -708,6 +746,11 @@ def simulated_ops(ops: Ops, fwd: NumberFormat, bwd: NumberFormat, rounding: Roun
         return t if bwd_spec is fp32 else Quantise.apply(t, fp32, bwd_spec, rounding, counter, generator)
 
     def matmul(op):
+        if op is F.linear:
+            return kernel.linear
+        if "kernel" in inspect.signature(op).parameters:  # a unit-scaled linear: the kernel applies its scales
+            return functools.partial(op, kernel=kernel)
+
         def run(x, weight, bias=None):
             if fwd_spec is not fp32:  # input and weight rounded in one node
                 x, weight = QuantiseInputs.apply(fwd_spec, rounding, counter, generator, x, weight)

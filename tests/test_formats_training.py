@@ -145,3 +145,49 @@ def test_stochastic_gradient_rounding_draws_in_the_gradients_logical_order():
     expected = quantise(upstream.contiguous(), NumberFormat.FP8_E5M2, Rounding.STOCHASTIC,
                         torch.Generator().manual_seed(3))
     assert torch.equal(grad, expected)
+
+
+@pytest.mark.parametrize("scaling", ["standard", "unit"])
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_simulated_linear_in_one_node_equals_the_three_node_wrapper(scaling, rounding):
+    """``simulated_ops`` runs F.linear and the unit-scaled linears as one node (SimulatedMatmul); the generic
+    wrapper (round input and weight, op, round the output's gradient: three nodes) is what any other linear
+    op gets. Both give the same outputs, gradients, counts and random draws."""
+    import torch
+
+    from labkit.config import NumberFormat
+    from labkit.formats import OverflowCounter, simulated_ops
+    from labkit.models import build_model
+    from labkit.scaling import get_method
+
+    config = RunConfig(scaling=scaling, width=32, depth=2, heads=2, seq_len=12)
+    base = get_method(scaling).ops()
+    opaque = base.replace(linear=lambda x, w, b=None: base.linear(x, w, b),  # no kernel= argument: wrapped
+                          readout=lambda x, w, b=None: base.readout(x, w, b))
+    results = []
+    for ops in (base, opaque):
+        counter = OverflowCounter()
+        sim = simulated_ops(ops, NumberFormat.FP8_E4M3, NumberFormat.FP8_E5M2, rounding, counter,
+                            torch.Generator().manual_seed(5))
+        torch.manual_seed(0)
+        model = build_model(config.model_config(37), sim)
+        get_method(scaling).prepare(model)
+        ids = torch.randint(0, 37, (3, 12), generator=torch.Generator().manual_seed(1))
+        loss = sim.cross_entropy(model(ids)[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        nodes = _node_names(loss.grad_fn)
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in model.parameters()], counter.snapshot_and_reset(), nodes))
+    (loss_a, grads_a, counts_a, nodes_a), (loss_b, grads_b, counts_b, nodes_b) = results
+    assert "QuantiseInputsBackward" not in nodes_a and "QuantiseInputsBackward" in nodes_b  # one node vs three
+    assert torch.equal(loss_a, loss_b) and counts_a == counts_b and counts_a["bwd_underflow"] > 0
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
+
+
+def _node_names(node, seen=None) -> set[str]:
+    """The class names of every autograd node reachable from ``node``."""
+    seen = set() if seen is None else seen
+    if node is not None and node not in seen:
+        seen.add(node)
+        for child, _ in node.next_functions:
+            _node_names(child, seen)
+    return {type(n).__name__ for n in seen}

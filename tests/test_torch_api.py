@@ -56,6 +56,8 @@ AUDITED = {
     "torch.ops.aten.native_layer_norm_backward.default",
     "torch.Size",
     "torch._foreach_copy_",  # the UpdateMeter's buffers; torch 2.1 (see RECENT)
+    "torch.is_autocast_enabled",  # with a device type: torch 2.4 (see RECENT)
+    "torch.get_autocast_dtype",
     "torch._foreach_sub_",
     "torch.Generator",
     "torch.Tensor",
@@ -183,6 +185,9 @@ RECENT = {
     "torch.nn.functional.scaled_dot_product_attention": ("2.0", "attention"),
     "torch._foreach_norm": ("1.13", "private; instrument.NormMeter"),
     "torch._foreach_copy_": ("2.1", "private; coord.UpdateMeter copies the weights into its buffers"),
+    "torch.is_autocast_enabled": ("2.4", "with a device_type argument: the unit-scaled linear and layer norm "
+                                  "follow autocast as F.linear and F.layer_norm do"),
+    "torch.get_autocast_dtype": ("2.4", "the autocast dtype of a device type"),
     "torch._amp_foreach_non_finite_check_and_unscale_": ("1.6", "private; LossScaler; CUDA kernel since 1.6 "
                                                           "(its CPU kernel is newer, version not checked)"),
 }

@@ -64,6 +64,7 @@ __all__ = [
     "scale_bwd",
     "scale_fwd",
     "scale_fwd_bwd",
+    "scaled_linear",
     "scaled_dot_product_attention",
     "sigmoid",
     "silu",
@@ -172,7 +173,7 @@ def _log_interpolate(alpha: float, lower: float, upper: float) -> float:
 
 class _ScaledLinear(torch.autograd.Function):
     """``(X Wᵀ + b) × out_scale`` whose gradients are the true ones of ``X Wᵀ + b`` times their own scales:
-    grad_x × ``grad_x_scale``, grad_W and grad_b × ``grad_w_scale``.
+    grad_x × ``grad_x_scale``, grad_W and grad_b × ``grad_w_scale`` (see :func:`scaled_linear`).
 
     Each scale is the ``alpha``/``beta`` of the BLAS call (``torch.addmm``) that computes the tensor it
     scales, so the scales cost no pass over any tensor and no extra autograd node.
@@ -180,7 +181,13 @@ class _ScaledLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, out_scale: float,  # type: ignore[override]
-                grad_x_scale: float, grad_w_scale: float) -> Tensor:
+                grad_x_scale: float, grad_w_scale: float, rounding: Any) -> Tensor:
+        ctx.rounding = rounding
+        if rounding is not None:
+            x, weight = rounding.inputs(x, weight)
+        if torch.is_autocast_enabled(x.device.type):  # as F.linear under autocast: operands in its dtype
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight, bias = x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
         rows = x.reshape(-1, x.shape[-1])
         ctx.save_for_backward(rows, weight)
         ctx.x_shape, ctx.has_bias = x.shape, bias is not None
@@ -194,6 +201,8 @@ class _ScaledLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         rows, weight = ctx.saved_tensors
+        if ctx.rounding is not None:
+            grad = ctx.rounding.grad(grad)
         grad_rows = grad.reshape(-1, grad.shape[-1])
         needs = ctx.needs_input_grad
         grad_x = grad_w = grad_b = None
@@ -204,7 +213,20 @@ class _ScaledLinear(torch.autograd.Function):
             grad_w = torch.addmm(weight, grad_rows.t(), rows, beta=0.0, alpha=ctx.grad_w_scale)
         if ctx.has_bias and needs[2]:
             grad_b = grad_rows.sum(0).mul_(ctx.grad_w_scale)
-        return grad_x, grad_w, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def scaled_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, out_scale: float = 1.0,
+                  grad_x_scale: float = 1.0, grad_w_scale: float = 1.0, rounding: Any = None) -> Tensor:
+    """``(X Wᵀ + b) × out_scale`` in one autograd node; gradients: the true ones of ``X Wᵀ + b`` × their scale,
+    grad_x × ``grad_x_scale``, grad_W and grad_b × ``grad_w_scale``. All scales 1: ``F.linear``.
+
+    The FP32 kernel behind :func:`linear` (the scales are BLAS ``alpha``/``beta``: no extra pass).
+    ``rounding``: None, or a simulated number format (``labkit.formats.SimulatedMatmul``) whose
+    ``inputs(x, weight)`` rounds the operands in the forward pass and ``grad(g)`` the incoming gradient
+    in the backward pass, inside this same node.
+    """
+    return _ScaledLinear.apply(x, weight, bias, out_scale, grad_x_scale, grad_w_scale, rounding)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -219,9 +241,9 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, constraint: Constrai
             output_power: float, kernel: Any = None) -> Tensor:
     fan_out, fan_in = weight.shape
     scales = _linear_scales(constraint, output_power, fan_out, fan_in, x.numel() // fan_in)
-    if kernel is not None:  # real FP8 (labkit.fp8.Fp8Matmul): the same scales, applied after the FP8 matmuls
+    if kernel is not None:  # a number format's matmul (labkit.fp8.Fp8Matmul, labkit.formats.SimulatedMatmul)
         return kernel.linear(x, weight, bias, *scales)
-    return _ScaledLinear.apply(x, weight, bias, *scales)
+    return _ScaledLinear.apply(x, weight, bias, *scales, None)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
@@ -231,7 +253,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
 
     With the default ``TO_OUTPUT_SCALE`` grad_x is scaled by fan_in^-1/2 too (unit only if fan_in ≈
     fan_out; off by sqrt(fan_out / fan_in) otherwise). ``kernel``: a ``labkit.fp8.Fp8Matmul`` runs the
-    matmuls in real FP8 (tensors cast before the scales are applied); None: FP32.
+    matmuls in real FP8 (tensors cast before the scales are applied), a ``labkit.formats.SimulatedMatmul``
+    simulates a format; None: FP32 (:func:`scaled_linear`).
     """
     return _linear(x, weight, bias, constraint, 0.5, kernel)
 
@@ -478,6 +501,8 @@ class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, shape: tuple[int, ...], weight: Tensor | None,  # type: ignore[override]
                 bias: Tensor | None, eps: float, grad_scale: float) -> Tensor:
+        if torch.is_autocast_enabled(x.device.type):  # as F.layer_norm under autocast: computed in FP32
+            x = x.float()
         out, ctx.mean, ctx.rstd = torch.native_layer_norm(x, shape, weight, bias, eps)
         ctx.save_for_backward(x, weight, bias)
         ctx.shape, ctx.grad_scale = shape, grad_scale
