@@ -53,6 +53,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -517,6 +518,17 @@ class SimulatedMatmul:
         return _quantise_grad(grad, self.bwd, self.rounding, self.generator, self.counter)
 
 
+def linear_on_kernel(op: Callable[..., torch.Tensor], kernel: Any) -> Callable[..., torch.Tensor] | None:
+    """A linear op run by a matmul kernel (:class:`SimulatedMatmul`, ``labkit.fp8.Fp8Matmul``): ``F.linear``
+    becomes the kernel's own linear (scales 1); a unit-scaled linear (any op taking ``kernel=``) is given the
+    kernel, which then applies the op's scales. None for any other op."""
+    if op is F.linear:
+        return kernel.linear
+    if "kernel" in inspect.signature(op).parameters:
+        return functools.partial(op, kernel=kernel)
+    return None
+
+
 class QuantiseInputs(torch.autograd.Function):
     """``Quantise`` with an FP32 backward for several tensors in one autograd node: each is rounded to ``fwd``
     (in order, so stochastic rounding draws as one node per tensor would), gradients pass through.
@@ -746,10 +758,8 @@ def simulated_ops(ops: Ops, fwd: NumberFormat, bwd: NumberFormat, rounding: Roun
         return t if bwd_spec is fp32 else Quantise.apply(t, fp32, bwd_spec, rounding, counter, generator)
 
     def matmul(op):
-        if op is F.linear:
-            return kernel.linear
-        if "kernel" in inspect.signature(op).parameters:  # a unit-scaled linear: the kernel applies its scales
-            return functools.partial(op, kernel=kernel)
+        if (on_kernel := linear_on_kernel(op, kernel)) is not None:
+            return on_kernel
 
         def run(x, weight, bias=None):
             if fwd_spec is not fp32:  # input and weight rounded in one node

@@ -30,8 +30,6 @@ about once and counted in :attr:`Fp8Matmul.stats` (the trainer stores it as ``ru
 
 from __future__ import annotations
 
-import functools
-import inspect
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -42,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from labkit.config import Fp8Scaling, NumberFormat
-from labkit.formats import OverflowCounter, _count_overflows, spec
+from labkit.formats import OverflowCounter, _count_overflows, linear_on_kernel, spec
 from labkit.models.layers import Ops
 
 __all__ = ["FP8_FORMATS", "Fp8Matmul", "backend_agreement", "cast_to_fp8", "real_fp8_ops", "scaled_matmul"]
@@ -191,12 +189,9 @@ class _Fp8Linear(torch.autograd.Function):
 
 
 def _fp8_linear_op(op: Callable[..., Tensor], kernel: Fp8Matmul) -> Callable[..., Tensor]:
-    """The real-FP8 version of a linear op: ``F.linear`` becomes the kernel's own linear (scales 1); a
-    unit-scaled linear (any op taking ``kernel=``) is given the kernel, which then applies the op's scales."""
-    if op is F.linear:
-        return kernel.linear
-    if "kernel" in inspect.signature(op).parameters:
-        return functools.partial(op, kernel=kernel)
+    """The real-FP8 version of a linear op (:func:`labkit.formats.linear_on_kernel`), or a TypeError."""
+    if (on_kernel := linear_on_kernel(op, kernel)) is not None:
+        return on_kernel
     raise TypeError(f"the linear op {getattr(op, '__qualname__', op)!r} has no real FP8 version "
                     "(it takes no kernel= argument); use fp8_backend='simulated'")
 
