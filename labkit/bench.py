@@ -1,7 +1,7 @@
 """Benchmarks that print ratios measured in one process: ``python -m labkit.bench [--steps N]``.
 
-1. engine overhead: median step time of a bare PyTorch loop vs the instrumented ``Trainer`` on the
-   same model and batches (target: the engine keeps ≥ 0.90× the bare loop's throughput);
+1. engine overhead: a bare PyTorch loop vs the instrumented ``Trainer`` on the same config, their steps
+   taking turns (target: the engine keeps ≥ 0.90× the bare loop's throughput);
 2. the machine's FP32 matmul rate (one large ``torch.mm``) and the model's FLOP utilisation;
 3. scaling methods and simulated formats vs ``standard`` FP32 on the same model;
 4. the peer: Graphcore's ``unit-scaling`` library's u-μP decoder vs its plain counterpart and its FP8
@@ -9,11 +9,11 @@
 
 ``--profile VARIANT`` prints instead where one variant's extra time goes, op by op (:func:`profile_extra`).
 
-Contenders alternate (engine vs bare loop by rounds, configs step by step) so that a slow spell of a
-shared machine hits them alike. A ratio is the median, over turns, of one contender's step time over the
-reference's in the same turn (a paired comparison): on this machine the CPU runs slower by up to a third
-for spells of a second or so, which moves medians of separate steps by several percent, but leaves the
-ratio of two steps taken a few milliseconds apart nearly unchanged.
+Contenders alternate step by step so that a slow spell of a shared machine hits them alike. A ratio is the
+median, over turns, of one contender's step time over the reference's in the same turn (a paired
+comparison): on this machine the CPU runs slower by up to a third for spells of a second or so, which moves
+medians of separate steps by several percent, but leaves the ratio of two steps taken a few milliseconds
+apart nearly unchanged.
 """
 
 from __future__ import annotations
@@ -97,20 +97,31 @@ def _timed(fn: Callable[[], object], clock: Callable[[], float] = time.perf_coun
 
 
 def compare_engine(config: RunConfig, steps: int, rounds: int) -> dict[str, float]:
-    bare: list[float] = []
-    engine: list[float] = []
-    trainer = None
-    warmup = min(5, (steps - 1) // 2)  # steps not counted (the engine gives steps - 1 intervals)
-    for _ in range(rounds):
-        step = bare_step(config)
-        bare += [_timed(step) for _ in range(steps)][warmup:]
-        times, trainer = engine_step_times(config, steps)
-        engine += times[warmup:]
-    bare_median, engine_median = statistics.median(bare), statistics.median(engine)
+    """The instrumented engine (a ``Trainer`` run, every metric on every step) against a bare loop on the same
+    config, their steps taking turns: between two engine steps (inside the engine's callback) one bare step is
+    timed, and the throughput ratio is the median of paired ratios (bare step / the engine step next to it)."""
+    bare = bare_step(config)
+    bare_times: list[float] = []
+    engine_times: list[float] = []
+    resumed = [0.0]  # when the engine took over again after the last bare step
+
+    def take_turns(run: object, record: dict) -> None:
+        now = time.perf_counter()
+        if resumed[0]:
+            engine_times.append(now - resumed[0])
+        bare_times.append(_timed(bare))
+        resumed[0] = time.perf_counter()
+
+    total = steps * rounds
+    trainer = Trainer(config.replace(steps=total + 1, log_every=1, eval_every=total + 2), callbacks=[take_turns])
+    trainer.train()
+    warmup = min(5, (total - 1) // 2)
+    bare_times, engine_times = bare_times[warmup:len(engine_times)], engine_times[warmup:]
+    bare_median, engine_median = statistics.median(bare_times), statistics.median(engine_times)
     tokens = config.batch_size * config.seq_len
     flops = trainer.run.info["flops_per_step"]
     return {"bare_step_ms": 1e3 * bare_median, "engine_step_ms": 1e3 * engine_median,
-            "throughput_ratio": bare_median / engine_median, "tokens_per_s": tokens / engine_median,
+            "throughput_ratio": paired_ratio(bare_times, engine_times), "tokens_per_s": tokens / engine_median,
             "model_flops_per_step": flops, "model_flops_per_s": flops / engine_median}
 
 

@@ -91,3 +91,16 @@ def test_ratios_pair_the_steps_of_one_turn() -> None:
     assert bench.median_ms(skewed) / bench.median_ms(reference) == pytest.approx(3.3)
     with pytest.raises(ValueError):
         bench.paired_ratio([1.0], [1.0, 2.0])
+
+
+def test_engine_comparison_times_a_bare_step_between_engine_steps(monkeypatch) -> None:
+    """The bare steps (here a 30 ms nap) are timed apart from the engine's (a tiny model's, a few ms), in
+    turns: a bare loop slower than the engine shows as a throughput ratio above 1."""
+    import time
+
+    naps: list[float] = []
+    monkeypatch.setattr(bench, "bare_step", lambda config: lambda: naps.append(time.sleep(0.03)))
+    result = bench.compare_engine(RunConfig(**TINY), steps=6, rounds=1)
+    assert len(naps) == 7  # one bare step after each of the engine's 6 + 1 steps
+    assert 30 <= result["bare_step_ms"] < 45 and result["engine_step_ms"] < 20
+    assert result["throughput_ratio"] > 1.5
