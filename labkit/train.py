@@ -317,7 +317,10 @@ class Trainer:
             x, y = x.to(device), y.to(device)
             sample_scales = cfg.scales_every and (step == 1 or step % cfg.scales_every == 0)
             with scales.recording(step) if sample_scales else contextlib.nullcontext():
-                with memory.activations.track() if record_now else contextlib.nullcontext(), autocast(cfg, device):
+                # The bytes saved for backward are the same at every step (same shapes): tracked on the first
+                # logged step and at evaluations, and reported from there.
+                track = record_now and (evaluate or not memory.activations.measured)
+                with memory.activations.track() if track else contextlib.nullcontext(), autocast(cfg, device):
                     logits = model(x)
                     loss = ops.cross_entropy(logits.flatten(0, 1), y.flatten())
                 loss_value = loss.item()

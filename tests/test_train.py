@@ -160,6 +160,20 @@ def test_saved_activation_bytes_match_autograd(make_config):
     assert run.metrics["mem_activations"].iloc[-1] == sum(seen.values())
 
 
+def test_saved_activations_are_tracked_once_and_at_evaluations(make_config, monkeypatch):
+    """The figure is the same at every training step, so the hooks run on the first logged step and at each
+    evaluation only; every record still reports it."""
+    from labkit.instrument import ActivationMeter
+
+    tracked = []
+    real = ActivationMeter.track
+    monkeypatch.setattr(ActivationMeter, "track", lambda self: tracked.append(1) or real(self))
+    run = train(make_config(steps=7, eval_every=3))
+    assert len(tracked) == 4  # step 1, the evaluations at steps 3 and 6, and the last step (7), also one
+    figures = run.metrics["mem_activations"]
+    assert len(figures) == 7 and figures.nunique() == 1 and figures.iloc[0] > 0
+
+
 def test_scales_are_recorded_every_n_steps(make_config):
     run = train(make_config(steps=10, scales_every=5))
     table = run.scales_table
