@@ -145,22 +145,27 @@ def paired_ratio(times: list[float], reference: list[float]) -> float:
 
 def profile_extra(config: RunConfig, reference: RunConfig, steps: int = 20, rows: int = 15) -> list[dict]:
     """What ``config``'s step spends beyond ``reference``'s: PyTorch's profiler on both bare loops (after 5
-    warm-up steps), self CPU time per op name in ms per step, the ``rows`` largest differences first. The
-    profiler adds its own overhead to every op, so the totals read a little higher than the timed steps;
-    the differences are what to read. Custom autograd nodes (``Quantise``, ...) include the work they do
-    outside PyTorch ops (the FP8 rounding kernel)."""
+    warm-up steps each; then one profiled step of each in turn, so a slow spell of the machine hits both),
+    self CPU time per op name in ms per step, the ``rows`` largest differences first. The profiler adds its
+    own overhead to every op, so the totals read a little higher than the timed steps; the differences are
+    what to read. Custom autograd nodes (``Quantise``, ...) include the work they do outside PyTorch ops
+    (the FP8 rounding kernel)."""
     from torch.profiler import ProfilerActivity, profile
 
-    def per_op(c: RunConfig) -> dict[str, tuple[float, float]]:
-        step = bare_step(c)
+    contenders = [bare_step(config), bare_step(reference)]
+    for step in contenders:
         for _ in range(5):
             step()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(steps):
+    ours: dict[str, tuple[float, float]] = {}
+    base: dict[str, tuple[float, float]] = {}
+    for _ in range(steps):
+        for step, table in zip(contenders, (ours, base), strict=True):
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
                 step()
-        return {e.key: (e.self_cpu_time_total / 1e3 / steps, e.count / steps) for e in prof.key_averages()}
-
-    ours, base = per_op(config), per_op(reference)
+            for e in prof.key_averages():
+                name = _SAME_WORK.get(e.key, e.key)
+                ms, calls = table.get(name, (0.0, 0.0))
+                table[name] = (ms + e.self_cpu_time_total / 1e3 / steps, calls + e.count / steps)
     names = sorted(set(ours) | set(base), key=lambda n: -(ours.get(n, (0, 0))[0] - base.get(n, (0, 0))[0]))
     table = [{"op": n, "reference_ms": base.get(n, (0.0, 0))[0], "ms": ours.get(n, (0.0, 0))[0],
               "extra_ms": ours.get(n, (0.0, 0))[0] - base.get(n, (0.0, 0))[0],
@@ -169,6 +174,11 @@ def profile_extra(config: RunConfig, reference: RunConfig, steps: int = 20, rows
              "calls": sum(v[1] for v in ours.values()), "reference_calls": sum(v[1] for v in base.values())}
     total["extra_ms"] = total["ms"] - total["reference_ms"]
     return [total, *table[:rows]]
+
+
+#: Ops that do the same work under another name: one row each in :func:`profile_extra` (a unit-scaled linear
+#: computes with ``addmm`` and a scale where ``F.linear``'s backward calls ``mm``).
+_SAME_WORK = {"aten::mm": "aten::mm + aten::addmm", "aten::addmm": "aten::mm + aten::addmm"}
 
 
 def _print_profile(name: str, reference: str, table: list[dict]) -> None:
