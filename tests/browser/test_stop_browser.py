@@ -41,6 +41,11 @@ def test_stop_stops_a_run_that_a_cell_trains(cell_lab_server, browser_page, arti
         _wait_for(page, ALL_CHARTS_HAVE_POINTS, 60, "points in the charts")
         time.sleep(2)
         stop = _button(page, "Stop")
+        # Enabled within seconds of the run's start. Read at one instant, it was once disabled in a full CI run
+        # while the screenshot taken a moment later showed it enabled (cause not found): wait for it instead.
+        _wait_for(page, "() => { const b = [...document.querySelectorAll('.labkit-lab button')]"
+                        ".find(b => b.textContent.includes('Stop')); return b && !b.disabled; }",
+                  15, "Stop to be enabled while a cell trains")
         assert stop.is_enabled(), "Stop is disabled while a cell trains"
         page.evaluate(WATCH)
         stop.click()
