@@ -73,15 +73,6 @@ def interleaved_step_times(contenders: dict[str, RunConfig | Callable[[], None]]
     return times
 
 
-def engine_step_times(config: RunConfig, steps: int) -> tuple[list[float], Trainer]:
-    """Wall time between consecutive records of the real engine (training + all instrumentation)."""
-    stamps: list[float] = []
-    trainer = Trainer(config.replace(steps=steps, log_every=1, eval_every=steps + 1),
-                      callbacks=[lambda run, record: stamps.append(time.perf_counter())])
-    trainer.train()
-    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)], trainer
-
-
 def matmul_flops_per_s(n: int = 2048, repeats: int = 3) -> float:
     """FP32 rate of one n×n×n ``torch.mm`` (best of ``repeats``): the machine's practical peak."""
     a, b = torch.randn(n, n), torch.randn(n, n)
