@@ -243,7 +243,7 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor | None, constraint: Constrai
     scales = _linear_scales(constraint, output_power, fan_out, fan_in, x.numel() // fan_in)
     if kernel is not None:  # a number format's matmul (labkit.fp8.Fp8Matmul, labkit.formats.SimulatedMatmul)
         return kernel.linear(x, weight, bias, *scales)
-    return _ScaledLinear.apply(x, weight, bias, *scales, None)
+    return scaled_linear(x, weight, bias, *scales)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None,
