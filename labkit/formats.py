@@ -483,7 +483,7 @@ def _quantise_grad(grad: torch.Tensor, fs: FormatSpec, rounding: Rounding, gener
     """A gradient rounded to ``fs`` (counted as ``"bwd"``), or ``grad`` itself for FP32."""
     if fs.name is NumberFormat.FP32:
         return grad
-    if not _kernel_rounds(grad, fs, rounding):
+    if not grad.is_contiguous() and not _kernel_rounds(grad, fs, rounding):
         # The torch path draws stochastic rounding's random numbers in memory order: contiguous keeps
         # the draws where they were. The kernel reads any dense layout as it is.
         grad = grad.contiguous()
