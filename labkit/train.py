@@ -100,8 +100,8 @@ def merge_param_groups(groups: list[dict]) -> list[dict]:
     """Parameter groups that share a ``group`` label and the same learning rate, factor and rule become one
     optimizer group named by the label, listing its parameters' names under ``members``; groups without
     a label stay as they are. The numbers do not change (every parameter keeps its learning rate, and the
-    optimizer's arithmetic is elementwise); the optimizer runs its ``foreach`` ops once per group instead of
-    once per parameter (u-μP on the default Transformer: 8 groups instead of 30)."""
+    optimizer's arithmetic is elementwise); the optimizer runs its fused kernel (or ``foreach`` ops) once per
+    group instead of once per parameter (u-μP on the default Transformer: 8 groups instead of 30)."""
     merged: dict[tuple, dict] = {}
     out = []
     for group in groups:
