@@ -152,7 +152,8 @@ def events_figure(runs: Mapping[str, Run], kind: str = "bwd") -> Any:
     pass_name = {"fwd": "forward pass (activations, weights)", "bwd": "backward pass (gradients)"}[kind]
     fig.update_layout(title=f"Share of values lost per step, {pass_name} (solid: underflow, dotted: overflow)",
                       xaxis_title="step",
-                      yaxis=dict(title="share of values (log)", type="log", exponentformat="power"),
+                      # dtick 1: a label per decade (plotly's own choice over 4+ decades, "D2", drew none)
+                      yaxis=dict(title="share of values (log)", type="log", exponentformat="power", dtick=1),
                       template="plotly_white", height=420, margin=dict(t=60, l=70, r=20, b=50))
     return fig
 
